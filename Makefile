@@ -1,0 +1,45 @@
+# Touchline: every developer and CI action is a target here.
+# The first target that needs Python builds .venv with the pinned dependencies.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EVENTS ?= 20000
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || PYTHON=python3; \
+	  test -x $(BIN)/python || $$( command -v $(PYTHON) || echo python3 ) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP) ## create .venv and install the pinned dependencies
+
+.PHONY: run
+run: $(STAMP) ## run the whole pipeline on the embedded broker + chDB with simulated traffic (EVENTS=n)
+	$(BIN)/touchline run --events $(EVENTS)
+
+.PHONY: test
+test: $(STAMP) ## run the whole test suite (unit, property, end-to-end on the embedded stack)
+	$(BIN)/python -m pytest -q
+
+.PHONY: test-fast
+test-fast: $(STAMP) ## pure-core tests only (no broker, no workers)
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+.PHONY: lint
+lint: $(STAMP) ## ruff + mypy
+	$(BIN)/ruff check streams tests
+	$(BIN)/mypy
+
+.PHONY: clean
+clean: ## remove runtime data (var/) and caches
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache
