@@ -1,7 +1,7 @@
 # Touchline: every developer and CI action is a target here.
 # The first target that needs Python builds .venv with the pinned dependencies.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -14,8 +14,7 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || PYTHON=python3; \
-	  test -x $(BIN)/python || $$( command -v $(PYTHON) || echo python3 ) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)

@@ -1,0 +1,1 @@
+"""Ingestion: raw bytes in, validated batches and dead letters out."""

@@ -1,0 +1,108 @@
+"""Every setting Touchline reads, in one place, from ``TOUCHLINE_*`` variables.
+
+Defaults start the embedded stack: no Kafka bootstrap means "the embedded
+Tansu broker" (started by ``touchline run`` or ``touchline broker``), and the
+ClickHouse URL points at an embedded chDB database under ``var/``. Pointing the
+same code at real Kafka, a Schema Registry and a ClickHouse server is a matter
+of setting ``TOUCHLINE_KAFKA_BOOTSTRAP``, ``TOUCHLINE_SCHEMA_REGISTRY_URL`` and
+``TOUCHLINE_CLICKHOUSE_URL`` (see deploy/).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TOUCHLINE_"
+
+
+class SettingsError(ValueError):
+    """A TOUCHLINE_* variable holds a value Touchline cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    kafka_bootstrap: str = ""  # empty: use the embedded broker
+    topic_prefix: str = "touchline"
+    partitions: int = 4
+    replication_factor: int = 1
+    schema_registry_url: str = ""  # empty: fixed, deterministic schema ids
+    # State and storage
+    data_dir: str = "var"
+    clickhouse_url: str = ""  # empty: chdb:///<data_dir>/chdb
+    store: str = "memory://"  # Faust table store; rocksdb:// for local disk
+    # Processing
+    ingest_batch_size: int = 2000
+    allowed_lateness_s: float = 0.0
+    cart_abandon_delay_s: float = 1800.0
+    # "wall": the ingest watermark follows the system clock (production).
+    # "manual": time only moves with event times and clock-tick records on the
+    # raw topic (simulations and tests drive it).
+    clock: str = "wall"
+    dead_letter_key: str = ""  # base64 AES-256 key; empty: a key file under data_dir
+    # Sink
+    sink_batch_rows: int = 20000
+    sink_flush_interval_s: float = 1.0
+    # Processes
+    worker_id: int = 0
+    web_port: int = 6066  # Faust web (and /metrics) of worker N is web_port + N
+    sink_metrics_port: int = 9464
+    log_level: str = "WARNING"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{self.data_path / 'chdb'}"
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.topic_prefix}.{suffix}"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment a child process needs to see these same settings."""
+        return {f"{ENV_PREFIX}{f.name.upper()}": str(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f"{ENV_PREFIX}{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise SettingsError(
+                    f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from exc
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.clock not in ("wall", "manual"):
+            raise SettingsError(f"{ENV_PREFIX}CLOCK must be 'wall' or 'manual', not {self.clock!r}")
+        if self.partitions < 1:
+            raise SettingsError(f"{ENV_PREFIX}PARTITIONS must be at least 1")
+        url = self.clickhouse_dsn
+        if not url.startswith(("chdb://", "http://", "https://")):
+            raise SettingsError(
+                f"{ENV_PREFIX}CLICKHOUSE_URL must start with chdb://, http:// or https://, not {url!r}"
+            )

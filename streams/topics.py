@@ -1,0 +1,85 @@
+"""The topic registry: every topic Touchline reads or writes, declared once.
+
+Topic creation (``touchline topics``), the agents, the sink, the simulator,
+the tests and deploy/ all take names from here.
+
+Partitioning: the raw topic is keyed by producers however they like. The
+ingest stage re-routes each touchpoint to the ``ingested`` partition of its
+*route key* (the device-like identifier: cookie, device, openid...), so one
+cookie's events meet its identity links. The identity stage routes to the
+``person-ops`` partition of the resolved person; ``featured`` keeps the same
+partition numbers. Public topics are keyed by person id.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from streams import avro
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str
+    schema: str
+    key: str
+    description: str
+    compacted: bool = False
+    internal: bool = False
+    partitioned: bool = True  # False: a single partition
+
+    def name(self, settings: Settings) -> str:
+        return settings.topic(self.suffix)
+
+    def partitions(self, settings: Settings) -> int:
+        return settings.partitions if self.partitioned else 1
+
+
+RAW = TopicSpec(
+    "touchpoints.raw", avro.TOUCHPOINT, "any (producers' choice)",
+    "Touchpoints from every channel, one per record, as producers write them.",
+)
+DEAD_LETTERS = TopicSpec(
+    "touchpoints.dead-letter", avro.DEAD_LETTER, "dead_letter_id",
+    "Records that could not be accepted: reason plus the encrypted original bytes.",
+)
+INGESTED = TopicSpec(
+    "internal.ingested", avro.INGESTED_BATCH, "none: partition = hash(route key)",
+    "Validated touchpoints batched per identity partition.", internal=True,
+)
+ENRICHED = TopicSpec(
+    "touchpoints.enriched", avro.ENRICHED, "person_id",
+    "Every accepted touchpoint with its person id, one per record.",
+)
+IDENTITY_CHANGES = TopicSpec(
+    "identity.changes", avro.IDENTITY_CHANGE, "into_person",
+    "Every merge of persons with its evidence.",
+)
+PERSON_OPS = TopicSpec(
+    "internal.person-ops", avro.PERSON_BATCH, "none: partition = hash(person id)",
+    "Events and merges batched per person partition, for the features agent.", internal=True,
+)
+FEATURED = TopicSpec(
+    "internal.featured", avro.PERSON_BATCH, "none: same partition as person-ops",
+    "Person operations after the features agent, for the triggers agent.", internal=True,
+)
+MEMBER_FEATURES = TopicSpec(
+    "members.features", avro.MEMBER_FEATURES, "person_id",
+    "Latest features snapshot per person (compacted).", compacted=True,
+)
+TRIGGERS = TopicSpec(
+    "triggers.fired", avro.TRIGGER, "person_id",
+    "Live triggers fired, one per record, with deterministic trigger ids.",
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    RAW, DEAD_LETTERS, INGESTED, ENRICHED, IDENTITY_CHANGES, PERSON_OPS, FEATURED,
+    MEMBER_FEATURES, TRIGGERS,
+)
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Stable partition of a routing key, identical in every process and run."""
+    return zlib.crc32(key.encode()) % partitions

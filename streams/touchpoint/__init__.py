@@ -1,0 +1,1 @@
+"""The touchpoint contract: channels, event types, identifiers, validation."""
