@@ -1,0 +1,181 @@
+"""``touchline``: one command, one subcommand per process or chore."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+from streams.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"touchline: {exc}") from exc
+
+
+def _need_broker(s: Settings) -> None:
+    if not s.kafka_bootstrap:
+        raise SystemExit(
+            "touchline: TOUCHLINE_KAFKA_BOOTSTRAP is not set. Start one with `touchline broker`, "
+            "or use `touchline run`, which starts the embedded broker itself."
+        )
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.kafka.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    print(f"embedded broker listening: TOUCHLINE_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    broker.stop()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.kafka.clients import create_topics
+    from streams.topics import ALL_TOPICS
+
+    s = _settings()
+    _need_broker(s)
+    created = set(create_topics(s))
+    for spec in ALL_TOPICS:
+        mark = "created" if spec.name(s) in created else "exists"
+        print(f"{spec.name(s):40} {spec.partitions(s):3} partitions  {mark:8} {spec.description}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from streams.sink.clickhouse import connect, migrate
+
+    s = _settings()
+    applied = migrate(connect(s.clickhouse_dsn))
+    print(f"{len(applied)} migration(s) applied to {s.clickhouse_dsn}: {', '.join(applied) or 'up to date'}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from faust import Worker
+
+    from streams.pipeline import create_app
+
+    s = _settings()
+    if args.id is not None:
+        s = s.with_overrides(worker_id=args.id)
+    _need_broker(s)
+    app = create_app(s)
+    worker = Worker(app, loglevel=s.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()  # returns only on shutdown (SIGTERM/SIGINT)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from streams.sink.clickhouse import connect, migrate
+    from streams.sink.service import ClickHouseWriter, Sink
+
+    s = _settings()
+    _need_broker(s)
+    client = connect(s.clickhouse_dsn)
+    migrate(client)
+    start_http_server(s.sink_metrics_port, addr="0.0.0.0")
+    sink = Sink(s, ClickHouseWriter(client))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: sink.stop_event.set())
+    sink.run()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streams.simulate.producer import produce, send_clock_ticks, write_truth
+    from streams.simulate.traffic import SimConfig, generate
+
+    s = _settings()
+    _need_broker(s)
+    traffic = generate(SimConfig(seed=args.seed, events=args.events, persons=args.persons,
+                                 cart_abandon_delay_ms=int(s.cart_abandon_delay_s * 1000)))
+    produce(s, traffic, rate=args.rate)
+    if args.tick:
+        send_clock_ticks(s, traffic.truth.end_time_ms + int(s.cart_abandon_delay_s * 1000) + 1)
+    if args.truth:
+        write_truth(args.truth, traffic.truth)
+    print(f"sent {traffic.truth.records_sent} records to {s.topic('touchpoints.raw')}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from streams.report import clickhouse_summary
+    from streams.sink.clickhouse import connect
+
+    summary = clickhouse_summary(connect(_settings().clickhouse_dsn))
+    print(json.dumps(summary, indent=None if args.json else 2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streams.run import run
+
+    return run(events=args.events, workers=args.workers, seed=args.seed, persons=args.persons, rate=args.rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="touchline",
+        description="Touchline: real-time omnichannel customer-data pipeline. "
+        "Settings come from TOUCHLINE_* environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the whole pipeline on the embedded stack with simulated traffic, then a summary")
+    p.add_argument("--events", type=int, default=20000, help="simulated touchpoints to send (default 20000)")
+    p.add_argument("--workers", type=int, default=2, help="Faust worker processes (default 2)")
+    p.add_argument("--persons", type=int, default=500, help="simulated humans (default 500)")
+    p.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+    p.add_argument("--rate", type=float, default=None, help="records per second to send (default: as fast as possible)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="one Faust worker: ingest, identity, features and triggers agents")
+    p.add_argument("--id", type=int, default=None, help="worker number (web port = TOUCHLINE_WEB_PORT + id)")
+    p.set_defaults(func=cmd_worker)
+
+    sub.add_parser("sink", help="the ClickHouse sink process").set_defaults(func=cmd_sink)
+
+    p = sub.add_parser("simulate", help="send seeded, simulated omnichannel traffic to the raw topic")
+    p.add_argument("--events", type=int, default=20000)
+    p.add_argument("--persons", type=int, default=500)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rate", type=float, default=None, help="records per second (default: unlimited)")
+    p.add_argument("--tick", action="store_true", help="end with clock ticks past the last cart-abandon delay")
+    p.add_argument("--truth", default=None, help="write the simulator's ground truth to this JSON file")
+    p.set_defaults(func=cmd_simulate)
+
+    sub.add_parser("migrate", help="apply ClickHouse migrations (idempotent)").set_defaults(func=cmd_migrate)
+    sub.add_parser("topics", help="create the Kafka topics of the registry (idempotent)").set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
+    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("report", help="print the KPI summary from ClickHouse")
+    p.add_argument("--json", action="store_true", help="one line of JSON")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

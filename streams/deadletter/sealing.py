@@ -1,0 +1,52 @@
+"""AES-256-GCM sealing of dead-lettered payloads.
+
+Raw records may hold personal information (phones, emails) that ingestion
+would have hashed, so a dead letter keeps the original bytes only encrypted.
+Whoever holds the key can open them for replay or debugging
+(``touchline dead-letters --open``); the topic itself holds no plaintext.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from streams.settings import Settings
+
+
+class Sealer:
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("dead-letter key must be 32 bytes (AES-256)")
+        self._aead = AESGCM(key)
+        self.key_id = hashlib.sha256(key).hexdigest()[:12]
+
+    def seal(self, payload: bytes, associated: bytes) -> tuple[bytes, bytes]:
+        nonce = os.urandom(12)
+        return nonce, self._aead.encrypt(nonce, payload, associated)
+
+    def open(self, nonce: bytes, sealed: bytes, associated: bytes) -> bytes:
+        return self._aead.decrypt(nonce, sealed, associated)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Sealer:
+        if settings.dead_letter_key:
+            return cls(base64.b64decode(settings.dead_letter_key))
+        return cls(_local_key(settings.data_path / "dead-letter.key"))
+
+
+def _local_key(path: Path) -> bytes:
+    """A per-installation key for the embedded default, created once, mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return base64.b64decode(path.read_bytes())
+    with os.fdopen(fd, "wb") as fh:
+        key = AESGCM.generate_key(bit_length=256)
+        fh.write(base64.b64encode(key))
+    return key

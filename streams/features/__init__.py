@@ -1,0 +1,1 @@
+"""Member features: live per-person counters (the skeleton's first features)."""

@@ -1,0 +1,70 @@
+"""Features agent: keep each person's counters, follow merges, publish snapshots."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from streams import avro, metrics
+from streams.features import counters
+from streams.pipeline import Pipeline
+from streams.topics import FEATURED, MEMBER_FEATURES, PERSON_OPS, partition_for
+
+
+def register(p: Pipeline) -> None:
+    table = p.table("member-features")
+    n = p.settings.partitions
+    ops_topic, featured_topic = p.topic(PERSON_OPS), p.topic(FEATURED)
+    snapshots_topic = p.topic(MEMBER_FEATURES)
+
+    @p.app.agent(ops_topic, name="features")
+    async def features(stream: Any) -> None:
+        async for event in stream.events():
+            started = time.perf_counter()
+            part = event.message.partition
+            batch = avro.decode_as(avro.PERSON_BATCH, event.value)
+            touched: dict[str, dict[str, Any] | None] = {}
+            moves: dict[int, list[dict[str, Any]]] = {}
+
+            def state_of(person: str) -> dict[str, Any]:
+                if person not in touched or touched[person] is None:
+                    touched[person] = table.get(person) or counters.empty(person)
+                return touched[person]  # type: ignore[return-value]
+
+            for op in batch["ops"]:
+                person = op["person_id"]
+                if op["kind"] == "event":
+                    counters.apply_event(state_of(person), op["event"])
+                elif op["kind"] == "merge":
+                    # This partition owns the person being merged away: hand its
+                    # counters to the survivor's partition, then forget it.
+                    gone = touched.get(person) or table.get(person)
+                    touched[person] = None
+                    if gone is not None:
+                        into = op["other_person"]
+                        moves.setdefault(partition_for(into, n), []).append(
+                            {"kind": "absorb", "person_id": into, "event": None,
+                             "other_person": person, "absorbed": counters.snapshot(gone) | {"recent": gone["recent"]}}
+                        )
+                elif op["kind"] == "absorb":
+                    other = dict(op["absorbed"])
+                    other.setdefault("recent", [])
+                    counters.absorb(state_of(person), other)
+
+            for person, state in touched.items():
+                if state is None:
+                    if person in table:
+                        del table[person]
+                    snapshots_topic.send_soon(key=person.encode(), value=None)
+                else:
+                    table[person] = state
+                    snapshots_topic.send_soon(
+                        key=person.encode(), value=avro.encode(avro.MEMBER_FEATURES, counters.snapshot(state))
+                    )
+            metrics.FEATURE_UPDATES.inc(len(touched))
+            for dest, ops in moves.items():
+                move = {"batch_id": f"{batch['batch_id']}/move", "source_partition": -1,
+                        "watermark_ms": 0, "ops": ops}
+                ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, move), partition=dest)
+            featured_topic.send_soon(value=event.value, partition=part)
+            metrics.STAGE_BATCH_SECONDS.labels("features").observe(time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""Identity: which person is behind each touchpoint."""

@@ -1,0 +1,93 @@
+"""Identity agent: resolve each ingested touchpoint to a person (thin shell)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict, defaultdict
+from typing import Any
+
+from streams import avro, metrics
+from streams.identity.links import Merge, resolve
+from streams.pipeline import Pipeline
+from streams.topics import ENRICHED, IDENTITY_CHANGES, INGESTED, PERSON_OPS, partition_for
+
+RECENT_EVENT_IDS = 200_000  # per worker: drops producer retries and duplicate sends
+
+
+def register(p: Pipeline) -> None:
+    links = p.table("identity-links")
+    # Per identity partition: latest stream time heard from each raw partition.
+    clocks = p.table("identity-clocks")
+    n = p.settings.partitions
+    recent: OrderedDict[str, None] = OrderedDict()
+    enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
+    ops_topic = p.topic(PERSON_OPS)
+
+    @p.app.agent(p.topic(INGESTED), name="identity")
+    async def identity(stream: Any) -> None:
+        async for event in stream.events():
+            started = time.perf_counter()
+            part = event.message.partition
+            batch = avro.decode_as(avro.INGESTED_BATCH, event.value)
+            by_person_part: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            now_ms = int(time.time() * 1000)  # observation only: when it was processed
+            dropped = 0
+            for item in batch["events"]:
+                tp = item["touchpoint"]
+                if tp["event_id"] in recent:
+                    dropped += 1
+                    continue
+                recent[tp["event_id"]] = None
+                if len(recent) > RECENT_EVENT_IDS:
+                    recent.popitem(last=False)
+                res = resolve(tp, item["route_key"], links)
+                enriched = {
+                    "person_id": res.person_id, "member_id": res.member_id, "processed_at_ms": now_ms,
+                    "raw_partition": item["raw_partition"], "raw_offset": item["raw_offset"], "touchpoint": tp,
+                }
+                enriched_topic.send_soon(
+                    key=res.person_id.encode(), value=avro.encode(avro.ENRICHED, enriched)
+                )
+                by_person_part[partition_for(res.person_id, n)].append(
+                    {"kind": "event", "person_id": res.person_id, "event": enriched,
+                     "other_person": None, "absorbed": None}
+                )
+                if res.merge is not None:
+                    _publish_merge(changes_topic, res.merge)
+                    by_person_part[partition_for(res.merge.from_person, n)].append(
+                        {"kind": "merge", "person_id": res.merge.from_person, "event": None,
+                         "other_person": res.merge.into_person, "absorbed": None}
+                    )
+            metrics.DUPLICATES.inc(dropped)
+
+            heard = dict(clocks.get(str(part)) or {})
+            moved = False
+            for raw_part, t in batch["raw_times"].items():
+                if t > heard.get(raw_part, 0):
+                    heard[raw_part] = t
+                    moved = True
+            if moved:
+                clocks[str(part)] = heard
+            watermark = min(heard.get(str(r), 0) for r in range(n))
+            metrics.STREAM_TIME.labels("identity", str(part)).set(watermark)
+            targets = range(n) if moved else sorted(by_person_part)
+            for dest in targets:
+                out = {
+                    "batch_id": f"{batch['batch_id']}/{part}", "source_partition": part,
+                    "watermark_ms": watermark, "ops": by_person_part.get(dest, []),
+                }
+                ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, out), partition=dest)
+            metrics.STAGE_BATCH_SECONDS.labels("identity").observe(time.perf_counter() - started)
+
+
+def _publish_merge(topic: Any, m: Merge) -> None:
+    change_id = hashlib.blake2b(f"merge|{m.from_person}|{m.into_person}".encode(), digest_size=16).hexdigest()
+    record = {
+        "change_id": change_id, "kind": "merge", "from_person": m.from_person,
+        "into_person": m.into_person, "reason": "identify event linked route key to member",
+        "identifiers": [m.route_key, f"member_id:{m.member_id}"],
+        "evidence_event_id": m.event_id, "event_time_ms": m.event_time_ms,
+    }
+    topic.send_soon(key=m.into_person.encode(), value=avro.encode(avro.IDENTITY_CHANGE, record))
+    metrics.MERGES.inc()

@@ -1,0 +1,132 @@
+"""The ingest loop: confluent-kafka batches from the raw topic, validated and routed.
+
+It runs as a thread inside each Faust worker and reads the raw topic through
+its own consumer group, in batches, because Faust's per-message path costs
+~90 µs of CPU (../shared/STACK.md) while a confluent-kafka batch read costs a
+few. For each consumed slice it writes one IngestedBatch record per identity
+partition, the dead letters, flushes, and only then commits the raw offsets:
+a crash replays the slice (at-least-once); downstream drops repeats by event id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from streams import avro, metrics
+from streams.clock import Clock, SystemClock
+from streams.deadletter import records as dead_letters
+from streams.deadletter.sealing import Sealer
+from streams.ingest.batcher import IngestBatcher, RawRecord
+from streams.kafka import clients
+from streams.settings import Settings
+from streams.topics import DEAD_LETTERS, INGESTED, RAW
+
+log = logging.getLogger(__name__)
+INGEST_GROUP = "touchline-ingest"
+
+
+class IngestService:
+    def __init__(self, settings: Settings, clock: Clock | None = None, worker_id: int = 0) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.worker_id = worker_id
+        self.batcher = IngestBatcher(
+            settings.partitions, self.clock, settings.clock == "manual",
+            int(settings.allowed_lateness_s * 1000),
+        )
+        self.sealer = Sealer.from_settings(settings)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._owned: set[int] = set()
+        self._sent_times: dict[str, int] = {}
+        self._seq = 0
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run_guarded, name="touchline-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run_guarded(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # surfaced by the worker's health check
+            self.error = exc
+            log.exception("ingest loop failed")
+
+    def run(self) -> None:
+        s = self.settings
+        raw, ingested, dlq = RAW.name(s), INGESTED.name(s), DEAD_LETTERS.name(s)
+        consumer = clients.consumer(s, INGEST_GROUP, **{"client.id": f"ingest-{self.worker_id}"})
+        producer = clients.producer(s)
+
+        def on_assign(c: Any, parts: list[TopicPartition]) -> None:
+            self._owned |= {p.partition for p in parts}
+
+        def on_revoke(c: Any, parts: list[TopicPartition]) -> None:
+            producer.flush()
+            self._owned -= {p.partition for p in parts}
+
+        consumer.subscribe([raw], on_assign=on_assign, on_revoke=on_revoke)
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(s.ingest_batch_size, timeout=0.1)
+                records = []
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("raw consume error: %s", err)
+                        continue
+                    records.append(RawRecord(m.partition(), m.offset(), m.value(), m.headers()))
+                if not records and s.clock == "manual":
+                    continue
+                self._process(records, producer, ingested, dlq, raw)
+                if records:
+                    producer.flush()
+                    consumer.commit(asynchronous=False)
+                else:
+                    producer.poll(0)
+        finally:
+            producer.flush(10)
+            consumer.close()
+
+    def _process(self, records: list[RawRecord], producer: Any, ingested: str, dlq: str, raw: str) -> None:
+        started = time.perf_counter()
+        routed = self.batcher.route(records)
+        times = self.batcher.stream_times(self._owned)
+        time_moved = times != self._sent_times
+        now_ms = self.clock.now_ms()
+        for dead in routed.dead:
+            r = dead.record
+            record = dead_letters.build(
+                self.sealer, reason=dead.reason, detail=dead.detail, topic=raw,
+                partition=r.partition, offset=r.offset, payload=r.value, failed_at_ms=now_ms,
+            )
+            producer.produce(dlq, key=record["dead_letter_id"].encode(), value=avro.encode(avro.DEAD_LETTER, record))
+            metrics.DEAD_LETTERS.labels(dead.reason).inc()
+        # Every identity partition hears about time moving, even with no events for it.
+        targets = range(self.settings.partitions) if time_moved else sorted(routed.by_partition)
+        for dest in targets:
+            self._seq += 1
+            batch = {
+                "batch_id": f"ingest-{self.worker_id}-{self._seq}",
+                "raw_times": times,
+                "events": routed.by_partition.get(dest, []),
+            }
+            producer.produce(ingested, partition=dest, value=avro.encode(avro.INGESTED_BATCH, batch))
+        self._sent_times = times
+        metrics.RAW_RECORDS.inc(len(records) - routed.ticks)
+        metrics.CLOCK_TICKS.inc(routed.ticks)
+        for channel, n in routed.channels.items():
+            metrics.EVENTS_INGESTED.labels(channel).inc(n)
+        metrics.STAGE_BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)

@@ -1,0 +1,79 @@
+"""Starting and stopping Touchline processes (workers, sink) as children.
+
+Used by ``touchline run`` and by the end-to-end test fixtures. Every child
+gets its own free port and a log file; stop() sends SIGTERM, waits, and
+escalates to SIGKILL, so nothing is ever left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.kafka.broker import free_port
+from streams.settings import Settings
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def _spawn(self, name: str, args: list[str], overrides: dict[str, str]) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        env = {**os.environ, **self.settings.to_env(), **overrides, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", *args],
+            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    def start_worker(self, worker_id: int) -> Child:
+        port = free_port()
+        return self._spawn(f"worker-{worker_id}", ["worker", "--id", str(worker_id)], {
+            "TOUCHLINE_WORKER_ID": str(worker_id), "TOUCHLINE_WEB_PORT": str(port - worker_id),
+        })
+
+    def start_sink(self) -> Child:
+        return self._spawn("sink", ["sink"], {"TOUCHLINE_SINK_METRICS_PORT": str(free_port())})
+
+    def check_alive(self) -> list[str]:
+        """Names of children that exited on their own."""
+        return [c.name for c in self.children if c.proc.poll() is not None]
+
+    def kill(self, child: Child) -> None:
+        """SIGKILL one child (fault injection) and forget it."""
+        child.proc.kill()
+        child.proc.wait(10)
+        self.children.remove(child)
+
+    def stop(self, child: Child | None = None, grace_s: float = 15.0) -> None:
+        targets = [child] if child else list(reversed(self.children))
+        for c in targets:
+            if c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for c in targets:
+            try:
+                c.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+                c.proc.wait(10)
+            if c in self.children:
+                self.children.remove(c)

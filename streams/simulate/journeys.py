@@ -1,0 +1,226 @@
+"""Human journeys: the valid touchpoints of simulated people, session by session.
+
+Internal to the simulator (``traffic.generate`` is the public entry). Each human
+is a member (member id, phone, loyalty card) or an anonymous visitor, with 1..n
+devices (a web cookie, an app install, a mini-program) plus a WeChat openid and
+a marketplace buyer id. Sessions are generated in start-time order across all
+humans and then sorted by event time, so the stream interleaves people the way
+a collector sees them.
+
+Invariants the ground truth relies on:
+- a human's sessions never overlap; after an abandoned cart the human is away
+  for at least the abandon delay, so no purchase of theirs cancels it;
+- members fill carts only after logging in during that session (every cart
+  event then carries the member id); non-members fill carts anonymously and
+  never log in. The skeleton cannot move a pending cart across a merge.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from streams.touchpoint.taxonomy import CHANNELS, EVENT_TYPES
+
+if TYPE_CHECKING:
+    from streams.simulate.traffic import SimConfig
+
+MINUTE_MS = 60_000
+DAY_MS = 24 * 60 * MINUTE_MS
+DEVICE_CHANNELS = ("web", "app", "mini_program")
+MEMBER_ONLY = frozenset({"store_pos", "partner", "sms", "email"})
+SOURCE_APP = {"web": "brand-web", "app": "brand-app", "mini_program": "brand-mini", "wechat_oa": "brand-oa",
+              "store_pos": "pos", "customer_service": "cs-desk", "partner": "partner-hub",
+              "sms": "sms-gateway", "email": "esp"}
+MARKETPLACES = ("tmall", "jd", "douyin")
+CATEGORIES = ("men/shoes/basketball", "men/shoes/running", "women/shoes/sneakers", "women/fashion/dresses",
+              "women/fashion/coats", "men/apparel/jackets", "kids/shoes/school", "beauty/skincare/serum")
+CITIES = ("Shanghai", "Beijing", "Shenzhen", "Guangzhou", "Hangzhou", "Chengdu", "Wuhan")
+PRODUCTS = 240
+# Sessions average about this many valid events at the default rates; it only
+# calibrates how far apart a human's sessions are so `events` lands near `days`.
+EVENTS_PER_SESSION = 5.5
+ID_FIELDS = ("anonymous_id", "device_id", "member_id", "phone", "email", "wechat_openid",
+             "wechat_unionid", "platform_buyer_id", "pos_card")
+CONTEXT_FIELDS = ("campaign", "referrer_url", "search_keyword", "city", "page_url", "consent_channel")
+PROPERTY_FIELDS = ("product_id", "category", "price", "quantity", "cart_id", "order_id", "revenue",
+                   "currency", "coupon_id", "points")
+
+
+@dataclass
+class Human:
+    idx: int
+    member_id: str | None
+    phone: str
+    city: str
+    devices: list[tuple[str, str, str | None]]  # (channel, anonymous_id, device_id)
+    openid: str
+    buyer_id: str
+    marketplace: str
+    followed: bool = False
+
+
+def _blank(names: tuple[str, ...], values: dict[str, Any]) -> dict[str, Any]:
+    """A nested record with every field present (None unless given)."""
+    return {n: values.get(n) for n in names}
+
+
+class Journeys:
+    """Valid touchpoints of sessions, generated human by human in session-start order."""
+
+    def __init__(self, config: SimConfig, rng: random.Random) -> None:
+        self.cfg, self.rng = config, rng
+        self.events: list[dict[str, Any]] = []
+        self.carts, self.orders, self.revenue = 0, 0, 0.0
+        self.abandoned: list[str] = []
+        self.active: set[int] = set()
+        self.catalog = [(f"P{i:05d}", rng.choice(CATEGORIES), float(rng.choice((99, 199, 299, 599, 899, 1299))))
+                        for i in range(PRODUCTS)]
+        self.humans = [self._human(i) for i in range(config.persons)]
+
+    def token(self, bits: int = 64) -> str:
+        return f"{self.rng.getrandbits(bits):0{bits // 4}x}"
+
+    def _human(self, idx: int) -> Human:
+        r, member = self.rng, self.rng.random() < self.cfg.member_share
+        devices = []
+        for _ in range(r.randint(1, self.cfg.devices_per_person)):
+            ch = r.choice(DEVICE_CHANNELS)
+            devices.append((ch, f"anon-{self.token()}", f"dev-{self.token()}" if ch == "app" else None))
+        return Human(idx, f"M{idx:06d}{r.randrange(1000):03d}" if member else None,
+                      f"+861{r.randrange(10**10):010d}", r.choice(CITIES), devices,
+                      f"o-{self.token(96)}", f"buyer-{self.token()}", r.choice(MARKETPLACES))
+
+    def run(self) -> list[dict[str, Any]]:
+        cfg, horizon = self.cfg, self.cfg.days * DAY_MS
+        sessions = max(cfg.events / (cfg.persons * EVENTS_PER_SESSION), 1e-9)
+        mean_gap = horizon / sessions  # from one session start to the next, per human
+        queue = [(cfg.start_ms + int(self.rng.random() * min(mean_gap, horizon)), h.idx) for h in self.humans]
+        heapq.heapify(queue)
+        while queue and len(self.events) < cfg.events:
+            t, idx = heapq.heappop(queue)
+            end = self._session(self.humans[idx], t)
+            nxt = end + 5 * MINUTE_MS + int(self.rng.expovariate(1 / mean_gap))
+            if nxt < cfg.start_ms + horizon:
+                heapq.heappush(queue, (nxt, idx))
+        seq = {id(e): i for i, e in enumerate(self.events)}
+        self.events.sort(key=lambda e: (e["event_time_ms"], seq[id(e)]))
+        return self.events
+
+    def emit(self, h: Human, channel: str, etype: str, t: int, ids: dict[str, Any],
+             context: dict[str, Any] | None = None, props: dict[str, Any] | None = None,
+             **top: Any) -> int:
+        """Append one valid touchpoint at t; return the time of the human's next action."""
+        if etype not in EVENT_TYPES or channel not in CHANNELS:
+            raise ValueError(f"{etype!r} on {channel!r} is outside the taxonomy")
+        self.events.append({
+            "event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)), "type": etype,
+            "event_time_ms": t, "receive_time_ms": t + self.rng.randint(0, 3000), "channel": channel,
+            "source_app": SOURCE_APP.get(channel, h.marketplace), "store_id": None, "guide_id": None,
+            "referrer_id": None, "identifiers": _blank(ID_FIELDS, ids),
+            "context": _blank(CONTEXT_FIELDS, {"city": h.city, **(context or {})}),
+            "properties": None if props is None else _blank(PROPERTY_FIELDS, props),
+            "historical": False, **top,
+        })
+        self.active.add(h.idx)
+        return t + self.rng.randint(5_000, 90_000)
+
+    def _session(self, h: Human, t: int) -> int:
+        """One session of one human starting at t; returns when the human is free again."""
+        allowed = [c for c, w in self.cfg.channel_mix.items() if w > 0 and (h.member_id or c not in MEMBER_ONLY)]
+        weights = [self.cfg.channel_mix[c] for c in allowed]
+        ch = self.rng.choices(allowed, weights)[0] if allowed else DEVICE_CHANNELS[0]
+        if ch in DEVICE_CHANNELS or not allowed:
+            same = [d for d in h.devices if d[0] == ch]
+            return self._device_session(h, self.rng.choice(same or h.devices), t)
+        return self._other_session(h, ch, t)
+
+    def _product(self) -> tuple[str, str, float]:
+        return self.rng.choice(self.catalog)
+
+    def _device_session(self, h: Human, device: tuple[str, str, str | None], t: int) -> int:
+        r, (ch, anon, dev) = self.rng, device
+        ids: dict[str, Any] = {"anonymous_id": anon, "device_id": dev}
+        views = r.randint(1, 5)
+        login_at = r.randint(0, views) if h.member_id and r.random() < self.cfg.login_rate else -1
+        page = "screen_viewed" if ch == "app" else "page_viewed"
+        t = self.emit(h, ch, page, t, ids, {"page_url": f"/{ch}/home", "campaign": r.choice((None, "double11"))})
+        if ch == "mini_program" and r.random() < 0.2:
+            t = self.emit(h, ch, "minigame_played", t, ids)
+        seen = []
+        for i in range(views + 1):
+            if i == login_at:  # identify carries both the cookie and the member id: the link
+                ids = {**ids, "member_id": h.member_id}
+                t = self.emit(h, ch, "identify", t, ids)
+            if i == views:
+                break
+            if r.random() < 0.3:
+                t = self.emit(h, ch, "products_searched", t, ids,
+                              {"search_keyword": r.choice(("basketball shoes", "dress", "serum", "coat"))})
+            pid, cat, price = self._product()
+            seen.append((pid, cat, price))
+            t = self.emit(h, ch, "product_viewed", t, ids, {"page_url": f"/p/{pid}"},
+                          {"product_id": pid, "category": cat, "price": price, "currency": "CNY"})
+        cart_ok = login_at >= 0 or h.member_id is None
+        if cart_ok and r.random() < self.cfg.cart_rate:
+            return self._cart(h, ch, ids, t, seen)
+        return t
+
+    def _cart(self, h: Human, ch: str, ids: dict[str, Any], t: int, seen: list[tuple[str, str, float]]) -> int:
+        r, cart_id = self.rng, f"cart-{self.token(48)}"
+        revenue, last_add = 0.0, t
+        for pid, cat, price in r.sample(seen, r.randint(1, len(seen))):
+            qty = r.choice((1, 1, 1, 2))
+            revenue += price * qty
+            last_add = t
+            t = self.emit(h, ch, "product_added", t, ids, None, {"product_id": pid, "category": cat, "price": price,
+                                                                "quantity": qty, "cart_id": cart_id, "currency": "CNY"})
+        self.carts += 1
+        if r.random() < self.cfg.cart_abandon_rate:
+            self.abandoned.append(cart_id)
+            return last_add + self.cfg.cart_abandon_delay_ms  # away long enough for the reminder to be due
+        t = last_add + r.randint(30_000, 240_000)
+        t = self.emit(h, ch, "checkout_started", t, ids, None, {"cart_id": cart_id, "revenue": revenue, "currency": "CNY"})
+        return self._order(h, ch, ids, t, revenue, cart_id=cart_id)
+
+    def _order(self, h: Human, ch: str, ids: dict[str, Any], t: int, revenue: float,
+               cart_id: str | None = None, store_id: str | None = None, guide_id: str | None = None) -> int:
+        self.orders, self.revenue = self.orders + 1, self.revenue + revenue
+        props = {"order_id": f"O{self.token(48)}", "revenue": revenue, "currency": "CNY", "cart_id": cart_id}
+        return self.emit(h, ch, "order_completed", t, ids, None, props, store_id=store_id, guide_id=guide_id)
+
+    def _other_session(self, h: Human, ch: str, t: int) -> int:
+        r, m = self.rng, h.member_id
+        if ch == "store_pos":
+            ids, store = {"member_id": m, "pos_card": f"C{m}"}, f"S{r.randrange(40):03d}"
+            t = self.emit(h, ch, "store_visited", t, ids, store_id=store)
+            guide = f"G{r.randrange(200):03d}" if r.random() < 0.5 else None
+            if guide:
+                t = self.emit(h, ch, "guide_chatted", t, ids, store_id=store, guide_id=guide)
+            if r.random() < 0.4:
+                t = self._order(h, ch, ids, t, self._product()[2], store_id=store, guide_id=guide)
+            return t
+        if ch == "marketplace":
+            ids = {"platform_buyer_id": h.buyer_id}
+            for _ in range(r.randint(1, 3)):
+                pid, cat, price = self._product()
+                t = self.emit(h, ch, "product_viewed", t, ids, None, {"product_id": pid, "category": cat, "price": price})
+            return self._order(h, ch, ids, t, price) if r.random() < 0.3 else t
+        if ch == "wechat_oa":
+            ids = {"wechat_openid": h.openid, "member_id": m}
+            if not h.followed:
+                h.followed = True
+                t = self.emit(h, ch, "wechat_followed", t, ids)
+            t = self.emit(h, ch, "message_opened", t, ids)
+            return self.emit(h, ch, "page_viewed", t, ids, {"page_url": f"/article/{r.randrange(90)}"})
+        if ch == "customer_service":
+            return self.emit(h, ch, "service_consulted", t, {"phone": h.phone, "member_id": m})
+        if ch == "partner":
+            return self.emit(h, ch, "points_exchanged", t, {"member_id": m}, None,
+                             {"points": r.choice((100, 200, 500))}, referrer_id=f"kol-{r.randrange(30)}")
+        ids = {"member_id": m, "phone": h.phone} if ch == "sms" else {"member_id": m, "email": f"{m}@example.com".lower()}
+        t = self.emit(h, ch, "message_opened", t, ids, {"campaign": "double11"})
+        return self.emit(h, ch, "message_clicked", t, ids, {"campaign": "double11"}) if r.random() < 0.5 else t

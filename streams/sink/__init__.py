@@ -1,0 +1,1 @@
+"""The ClickHouse sink: output topics into analytics tables, idempotently."""

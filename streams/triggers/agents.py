@@ -1,0 +1,85 @@
+"""Triggers agent: arm, cancel and fire cart-abandon timers on stream time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from streams import avro, metrics
+from streams.pipeline import Pipeline
+from streams.topics import FEATURED, TRIGGERS
+from streams.triggers import cart_abandon
+
+
+def register(p: Pipeline) -> None:
+    pending = p.table("trigger-pending")
+    clocks = p.table("trigger-clocks")
+    n = p.settings.partitions
+    delay_ms = int(p.settings.cart_abandon_delay_s * 1000)
+    triggers_topic = p.topic(TRIGGERS)
+    # partition -> {person: earliest due}: which persons to look at when time moves.
+    due_index: dict[int, dict[str, int]] = {}
+
+    def index_for(part: int) -> dict[str, int]:
+        if part not in due_index:  # first batch since start or reassignment: rebuild
+            idx = {}
+            for person, state in pending.items():
+                if state and state.get("partition") == part:
+                    due = cart_abandon.next_due(state)
+                    if due is not None:
+                        idx[person] = due
+            due_index[part] = idx
+        return due_index[part]
+
+    @p.app.on_partitions_revoked.connect
+    async def forget(app: Any, revoked: Any, **kwargs: Any) -> None:
+        for tp in revoked:
+            due_index.pop(tp.partition, None)
+
+    @p.app.agent(p.topic(FEATURED), name="triggers")
+    async def triggers(stream: Any) -> None:
+        async for event in stream.events():
+            started = time.perf_counter()
+            part = event.message.partition
+            batch = avro.decode_as(avro.PERSON_BATCH, event.value)
+            idx = index_for(part)
+            touched: dict[str, dict[str, Any]] = {}
+            for op in batch["ops"]:
+                if op["kind"] != "event":
+                    continue
+                person = op["person_id"]
+                state = touched.get(person) or pending.get(person) or cart_abandon.empty(person, part)
+                if cart_abandon.on_event(state, op["event"], delay_ms):
+                    touched[person] = state
+
+            heard = dict(clocks.get(str(part)) or {})
+            src = batch["source_partition"]
+            if src >= 0 and batch["watermark_ms"] > heard.get(str(src), 0):
+                heard[str(src)] = batch["watermark_ms"]
+                clocks[str(part)] = heard
+            stream_time = min(heard.get(str(s), 0) for s in range(n))
+            metrics.STREAM_TIME.labels("triggers", str(part)).set(stream_time)
+
+            for person, state in touched.items():
+                due = cart_abandon.next_due(state)
+                if due is None:
+                    idx.pop(person, None)
+                else:
+                    idx[person] = due
+            for person in [q for q, due in idx.items() if due <= stream_time]:
+                state = touched.get(person) or pending.get(person)
+                if state is None:
+                    idx.pop(person, None)
+                    continue
+                for trig in cart_abandon.fire_due(state, stream_time):
+                    triggers_topic.send_soon(key=person.encode(), value=avro.encode(avro.TRIGGER, trig))
+                    metrics.TRIGGERS_FIRED.labels(trig["rule"]).inc()
+                touched[person] = state
+                due = cart_abandon.next_due(state)
+                if due is None:
+                    idx.pop(person, None)
+                else:
+                    idx[person] = due
+            for person, state in touched.items():
+                pending[person] = state
+            metrics.STAGE_BATCH_SECONDS.labels("triggers").observe(time.perf_counter() - started)

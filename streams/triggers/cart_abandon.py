@@ -1,0 +1,79 @@
+"""Pure core of the cart-abandon trigger.
+
+A ``product_added`` with a cart id arms (or re-arms) a timer for that cart at
+event time + delay. A ``checkout_started`` for the cart, or any
+``order_completed`` by the person, disarms it. When stream time (the
+event-time watermark, never the wall clock directly) passes the due time, the
+trigger fires once per cart: its id is a hash of rule, cart and person, and
+fired carts are remembered so a replayed add cannot arm it again.
+Historical (imported) events never arm anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+RULE = "cart_abandon"
+FIRED_MEMORY = 256
+
+
+def empty(person_id: str, partition: int) -> dict[str, Any]:
+    return {"person_id": person_id, "partition": partition, "member_id": None, "carts": {}, "fired": []}
+
+
+def trigger_id(rule: str, correlation_key: str, person_id: str) -> str:
+    return hashlib.blake2b(f"{rule}|{correlation_key}|{person_id}".encode(), digest_size=16).hexdigest()
+
+
+def on_event(state: dict[str, Any], enriched: dict[str, Any], delay_ms: int) -> bool:
+    """Update the person's pending carts; True if the state changed."""
+    tp = enriched["touchpoint"]
+    if tp["historical"]:
+        return False
+    props = tp.get("properties") or {}
+    cart_id = props.get("cart_id")
+    kind = tp["type"]
+    if enriched.get("member_id"):
+        state["member_id"] = enriched["member_id"]
+    if kind == "product_added" and cart_id:
+        if cart_id in state["fired"]:
+            return False
+        cart = state["carts"].get(cart_id)
+        due = tp["event_time_ms"] + delay_ms
+        if cart is not None and cart["due"] >= due:
+            return False
+        state["carts"][cart_id] = {
+            "due": due, "event_id": tp["event_id"], "product_id": props.get("product_id") or "",
+        }
+        return True
+    if kind == "checkout_started" and cart_id in state["carts"]:
+        del state["carts"][cart_id]
+        return True
+    if kind == "order_completed" and state["carts"]:
+        state["carts"].clear()
+        return True
+    return False
+
+
+def next_due(state: dict[str, Any]) -> int | None:
+    return min((c["due"] for c in state["carts"].values()), default=None)
+
+
+def fire_due(state: dict[str, Any], stream_time_ms: int) -> list[dict[str, Any]]:
+    """Fire every cart due at or before stream time; returns Trigger records."""
+    fired = []
+    for cart_id, cart in sorted(state["carts"].items()):
+        if cart["due"] > stream_time_ms:
+            continue
+        person = state["person_id"]
+        fired.append({
+            "trigger_id": trigger_id(RULE, cart_id, person), "rule": RULE, "person_id": person,
+            "member_id": state["member_id"], "correlation_key": cart_id,
+            "source_event_id": cart["event_id"], "due_at_ms": cart["due"],
+            "fired_at_ms": stream_time_ms, "payload": {"cart_id": cart_id, "product_id": cart["product_id"]},
+        })
+    for t in fired:
+        del state["carts"][t["correlation_key"]]
+        state["fired"] = (state["fired"] + [t["correlation_key"]])[-FIRED_MEMORY:]
+    return fired
