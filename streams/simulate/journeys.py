@@ -40,9 +40,10 @@ CATEGORIES = ("men/shoes/basketball", "men/shoes/running", "women/shoes/sneakers
               "women/fashion/coats", "men/apparel/jackets", "kids/shoes/school", "beauty/skincare/serum")
 CITIES = ("Shanghai", "Beijing", "Shenzhen", "Guangzhou", "Hangzhou", "Chengdu", "Wuhan")
 PRODUCTS = 240
-# Sessions average about this many valid events at the default rates; it only
-# calibrates how far apart a human's sessions are so `events` lands near `days`.
-EVENTS_PER_SESSION = 5.5
+# Sessions average about 4.7 valid events at the default rates. This only
+# spaces each human's sessions so that `events` is reached a little before
+# `days` run out (slightly low: better to stop at the target than at the end).
+EVENTS_PER_SESSION = 4.5
 ID_FIELDS = ("anonymous_id", "device_id", "member_id", "phone", "email", "wechat_openid",
              "wechat_unionid", "platform_buyer_id", "pos_card")
 CONTEXT_FIELDS = ("campaign", "referrer_url", "search_keyword", "city", "page_url", "consent_channel")
@@ -103,11 +104,10 @@ class Journeys:
         while queue and len(self.events) < cfg.events:
             t, idx = heapq.heappop(queue)
             end = self._session(self.humans[idx], t)
-            nxt = end + 5 * MINUTE_MS + int(self.rng.expovariate(1 / mean_gap))
+            nxt = max(end + 5 * MINUTE_MS, t + int(self.rng.expovariate(1 / mean_gap)))
             if nxt < cfg.start_ms + horizon:
                 heapq.heappush(queue, (nxt, idx))
-        seq = {id(e): i for i, e in enumerate(self.events)}
-        self.events.sort(key=lambda e: (e["event_time_ms"], seq[id(e)]))
+        self.events.sort(key=lambda e: e["event_time_ms"])  # stable: ties keep generation order
         return self.events
 
     def emit(self, h: Human, channel: str, etype: str, t: int, ids: dict[str, Any],

@@ -98,7 +98,7 @@ class GroundTruth:
     members: int
     active_humans: int  # humans with at least one valid event
     expected_persons: int
-    identity_links: int  # anonymous ids linked to a member
+    identity_links: int  # route keys (cookies) linked to a member by an identify
     carts: int
     abandoned_carts: int
     abandoned_cart_ids: list[str]
