@@ -40,10 +40,8 @@ class Pipeline:
         return self.topics[spec.suffix]
 
     def table(self, name: str) -> Any:
-        return self.app.Table(
-            name, default=None, partitions=self.settings.partitions,
-            key_serializer="json", value_serializer="json",
-        )
+        # Keys and values are JSON in the changelog (Faust's default without a model type).
+        return self.app.Table(name, default=None, partitions=self.settings.partitions)
 
 
 def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
@@ -53,6 +51,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
             "or run the whole pipeline with `touchline run`"
         )
     worker_dir = settings.data_path / "faust" / f"worker-{settings.worker_id}"
+    worker_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         APP_ID,
         broker=f"kafka://{settings.kafka_bootstrap}",
