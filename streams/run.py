@@ -24,7 +24,7 @@ from streams.processes import Supervisor
 from streams.settings import Settings
 from streams.tally import TopicReader
 
-SETTLE_TIMEOUT_S = 180.0
+SETTLE_TIMEOUT_S = 60.0
 
 
 def _line(started: float, t: Any, sent: int, rate: float) -> str:
@@ -74,19 +74,20 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None) 
         producer_thread.start()
         reader = TopicReader(settings)
         started = last_progress = time.monotonic()
-        last_count, last_tick = 0, started
+        last_count, last_tick, last_done = 0, started, -1
+        tty = sys.stdout.isatty()
         expected_out = truth.events_valid_distinct + sum(truth.malformed_by_reason.values())
         while True:
             reader.poll()
             t = reader.tally
             now = time.monotonic()
             done = len(t.event_ids) + len(t.dead_letters)
-            if now - last_tick >= 1.0:
+            if now - last_tick >= (1.0 if tty else 5.0):
                 rate_now = (len(t.event_ids) - last_count) / (now - last_tick)
                 last_count, last_tick = len(t.event_ids), now
-                print(_line(started, t, sent[0], rate_now), end="", flush=True)
-            if done != last_progress:
-                last_progress = now
+                print(_line(started, t, sent[0], rate_now), end="" if tty else "\n", flush=True)
+            if done != last_done:
+                last_done, last_progress = done, now
             settled = (not producer_thread.is_alive() and done >= expected_out
                        and len(t.triggers) >= truth.abandoned_carts)
             if settled:
@@ -152,6 +153,8 @@ def _print_summary(tally: Any, ch: dict[str, Any], truth: dict[str, Any]) -> int
         ("persons stitched (ClickHouse)", ch["persons"], truth["expected_persons"]),
         ("persons stitched (topics)", tally.persons, truth["expected_persons"]),
         ("cart-abandon triggers", ch["triggers_by_rule"].get("cart_abandon", 0), truth["abandoned_carts"]),
+        ("triggered carts = abandoned carts", sorted(t["correlation_key"] for t in tally.triggers.values())
+         == truth["abandoned_cart_ids"], True),
         ("dead letters", sum(ch["dead_letters_by_reason"].values()), sum(truth["malformed_by_reason"].values())),
         ("dead letters by reason", ch["dead_letters_by_reason"], truth["malformed_by_reason"]),
     ]

@@ -2,7 +2,9 @@
 
 A ``product_added`` with a cart id arms (or re-arms) a timer for that cart at
 event time + delay. A ``checkout_started`` for the cart, or any
-``order_completed`` by the person, disarms it. When stream time (the
+``order_completed`` by the person, disarms it when it happened between the
+add and the due time (by event time, so arrival order within the watermark
+does not matter: an order placed after the reminder was due cancels nothing). When stream time (the
 event-time watermark, never the wall clock directly) passes the due time, the
 trigger fires once per cart: its id is a hash of rule, cart and person, and
 fired carts are remembered so a replayed add cannot arm it again.
@@ -44,16 +46,22 @@ def on_event(state: dict[str, Any], enriched: dict[str, Any], delay_ms: int) -> 
         if cart is not None and cart["due"] >= due:
             return False
         state["carts"][cart_id] = {
-            "due": due, "event_id": tp["event_id"], "product_id": props.get("product_id") or "",
+            "due": due, "added_ms": tp["event_time_ms"], "event_id": tp["event_id"],
+            "product_id": props.get("product_id") or "",
         }
         return True
     if kind == "checkout_started" and cart_id in state["carts"]:
-        del state["carts"][cart_id]
-        return True
+        return _cancel(state, [cart_id], tp["event_time_ms"])
     if kind == "order_completed" and state["carts"]:
-        state["carts"].clear()
-        return True
+        return _cancel(state, list(state["carts"]), tp["event_time_ms"])
     return False
+
+
+def _cancel(state: dict[str, Any], cart_ids: list[str], at_ms: int) -> bool:
+    gone = [c for c in cart_ids if state["carts"][c]["added_ms"] <= at_ms <= state["carts"][c]["due"]]
+    for c in gone:
+        del state["carts"][c]
+    return bool(gone)
 
 
 def next_due(state: dict[str, Any]) -> int | None:
