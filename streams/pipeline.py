@@ -24,7 +24,6 @@ from streams.ingest.service import IngestService
 from streams.settings import Settings
 from streams.topics import ALL_TOPICS, TopicSpec
 
-APP_ID = "touchline"
 
 
 @dataclass
@@ -53,7 +52,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
     worker_dir = settings.data_path / "faust" / f"worker-{settings.worker_id}"
     worker_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        APP_ID,
+        settings.topic_prefix,  # app id: names consumer group and changelog topics
         broker=f"kafka://{settings.kafka_bootstrap}",
         store=settings.store,
         datadir=str(worker_dir),

@@ -70,6 +70,10 @@ class Settings:
     def topic(self, suffix: str) -> str:
         return f"{self.topic_prefix}.{suffix}"
 
+    def group(self, role: str) -> str:
+        """Consumer group of a role; prefixed so deployments sharing a cluster never mix."""
+        return f"{self.topic_prefix}-{role}"
+
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 

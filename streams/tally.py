@@ -27,6 +27,7 @@ class Tally:
     merged_into: dict[str, str] = field(default_factory=dict)
     triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
     dead_letters: dict[str, str] = field(default_factory=dict)
+    dead_letter_records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, name: str, r: dict[str, Any]) -> None:
         if name == avro.ENRICHED:
@@ -41,6 +42,7 @@ class Tally:
             self.triggers[r["trigger_id"]] = r
         elif name == avro.DEAD_LETTER:
             self.dead_letters[r["dead_letter_id"]] = r["reason"]
+            self.dead_letter_records[r["dead_letter_id"]] = r
 
     def final_person(self, person: str) -> str:
         seen = set()

@@ -27,7 +27,6 @@ from streams.settings import Settings
 from streams.topics import DEAD_LETTERS, INGESTED, RAW
 
 log = logging.getLogger(__name__)
-INGEST_GROUP = "touchline-ingest"
 
 
 class IngestService:
@@ -66,7 +65,7 @@ class IngestService:
     def run(self) -> None:
         s = self.settings
         raw, ingested, dlq = RAW.name(s), INGESTED.name(s), DEAD_LETTERS.name(s)
-        consumer = clients.consumer(s, INGEST_GROUP, **{"client.id": f"ingest-{self.worker_id}"})
+        consumer = clients.consumer(s, s.group("ingest"), **{"client.id": f"ingest-{self.worker_id}"})
         producer = clients.producer(s)
 
         def on_assign(c: Any, parts: list[TopicPartition]) -> None:

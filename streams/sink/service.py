@@ -31,7 +31,6 @@ from streams.sink.rows import TABLES
 from streams.topics import DEAD_LETTERS, ENRICHED, IDENTITY_CHANGES, TRIGGERS
 
 log = logging.getLogger(__name__)
-SINK_GROUP = "touchline-sink"
 SINK_TOPICS = (ENRICHED, IDENTITY_CHANGES, TRIGGERS, DEAD_LETTERS)
 
 
@@ -71,7 +70,7 @@ class Sink:
 
     def run(self) -> None:
         s = self.settings
-        consumer = clients.consumer(s, SINK_GROUP, **{"client.id": "touchline-sink"})
+        consumer = clients.consumer(s, s.group("sink"), **{"client.id": "touchline-sink"})
         consumer.subscribe([spec.name(s) for spec in SINK_TOPICS])
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-writer")
         in_flight: tuple[Future[None], Batch] | None = None

@@ -1,0 +1,90 @@
+"""End to end on the real embedded broker, two Faust workers and the chDB sink."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.deadletter.sealing import Sealer
+from streams.tally import TopicReader
+from tests.conftest import T0, encoded, touchpoint
+
+pytestmark = pytest.mark.e2e
+MIN = 60_000
+
+
+def _cart(cart_id: str) -> dict[str, object]:
+    return {"cart_id": cart_id, "product_id": "sku-1", "price": 399.0, "quantity": 1}
+
+
+def test_journeys_stitch_identity_and_fire_one_cart_abandon(stack_factory) -> None:
+    stack = stack_factory(workers=2)
+    anon = {"anonymous_id": "cookie-abandon"}
+    abandoner = [
+        touchpoint("a1", "page_viewed", T0, identifiers=anon),
+        touchpoint("a2", "product_viewed", T0 + 1 * MIN, identifiers=anon),
+        touchpoint("a3", "login", T0 + 2 * MIN, identifiers={**anon, "member_id": "M100"}),
+        touchpoint("a4", "product_added", T0 + 3 * MIN, identifiers=anon, properties=_cart("cart-A")),
+    ]
+    anon2 = {"anonymous_id": "cookie-buyer"}
+    buyer = [
+        touchpoint("b1", "page_viewed", T0, identifiers=anon2),
+        touchpoint("b2", "login", T0 + 1 * MIN, identifiers={**anon2, "member_id": "M200"}),
+        touchpoint("b3", "product_added", T0 + 2 * MIN, identifiers=anon2, properties=_cart("cart-B")),
+        touchpoint("b4", "checkout_started", T0 + 4 * MIN, identifiers=anon2, properties=_cart("cart-B")),
+        touchpoint("b5", "order_completed", T0 + 5 * MIN, identifiers=anon2,
+                   properties={"cart_id": "cart-B", "order_id": "o-1", "revenue": 399.0}),
+    ]
+    stack.produce([encoded(e) for e in abandoner + buyer])
+    delay = int(stack.settings.cart_abandon_delay_s * 1000)
+    stack.tick(T0 + 3 * MIN + delay + 1)  # test clock: just past cart-A's due time
+
+    reader = TopicReader(stack.settings)
+    tally = stack.wait_for(reader, lambda t: len(t.event_ids) == 9 and len(t.triggers) >= 1)
+    reader.poll(timeout=1.0)
+    reader.close()
+
+    # One person holds both identifiers: the anonymous person merged into the member.
+    member_person = tally.person_of_event["a3"]
+    assert {tally.final_person(tally.person_of_event[e]) for e in ("a1", "a2", "a3", "a4")} == {member_person}
+    assert tally.person_of_event["a4"] == member_person  # enriched after login carries the member's person
+    assert tally.person_of_event["a1"] != member_person  # as resolved when processed: anonymous then
+    assert tally.merged_into[tally.person_of_event["a1"]] == member_person
+
+    fired = list(tally.triggers.values())
+    assert [(t["rule"], t["correlation_key"], t["person_id"], t["member_id"]) for t in fired] == [
+        ("cart_abandon", "cart-A", member_person, "M100")]
+    assert fired[0]["due_at_ms"] == T0 + 3 * MIN + delay
+
+    stack.stop_sink()  # flushes its last batch and releases chDB
+    rows = stack.query("SELECT event_id, person_id FROM touchpoints_enriched FINAL ORDER BY event_id")
+    assert [r[0] for r in rows] == ["a1", "a2", "a3", "a4", "b1", "b2", "b3", "b4", "b5"]
+    assert dict(rows)["a4"] == member_person
+    assert stack.query("SELECT rule, correlation_key FROM triggers FINAL") == [["cart_abandon", "cart-A"]]
+    assert stack.query("SELECT from_person, into_person FROM identity_changes FINAL ORDER BY into_person") == sorted(
+        [[tally.person_of_event["a1"], member_person], [tally.person_of_event["b1"], tally.person_of_event["b2"]]],
+        key=lambda r: r[1])
+
+
+def test_malformed_bytes_go_to_dead_letters_and_the_worker_keeps_running(stack_factory) -> None:
+    stack = stack_factory(workers=1, sink=False)
+    good_before = touchpoint("g1", "page_viewed", T0, identifiers={"anonymous_id": "c1"})
+    bad_channel = touchpoint("x1", "page_viewed", T0, channel="fax", identifiers={"anonymous_id": "c2"})
+    junk_ids = touchpoint("x2", "page_viewed", T0, identifiers={"anonymous_id": "undefined"})
+    good_after = touchpoint("g2", "page_viewed", T0 + MIN, identifiers={"anonymous_id": "c1"})
+    stack.produce([
+        encoded(good_before), (b"k", b"\x00\x01"), (b"k", b"{\"json\": true}"), encoded(bad_channel),
+        encoded(junk_ids), (b"k", b"\x00" + (12345).to_bytes(4, "big") + b"zz"), encoded(good_after),
+    ], partition=0)
+    reader = TopicReader(stack.settings)
+    tally = stack.wait_for(reader, lambda t: len(t.event_ids) == 2 and len(t.dead_letters) == 5)
+    reader.close()
+    assert sorted(tally.dead_letters.values()) == [
+        "invalid_event", "invalid_event", "not_wire_format", "not_wire_format", "unknown_schema"]
+    assert tally.event_ids == {"g1", "g2"}
+    # The original bytes travel sealed: unreadable on the topic, recoverable with the key.
+    sealer = Sealer.from_settings(stack.settings)
+    two_bytes = next(r for r in tally.dead_letter_records.values() if r["payload_size"] == 2)
+    assert two_bytes["payload_encrypted"] != b"\x00\x01"
+    assert sealer.open(two_bytes["nonce"], two_bytes["payload_encrypted"], two_bytes["dead_letter_id"].encode()) == b"\x00\x01"
+    assert two_bytes["reason"] == "not_wire_format" and two_bytes["source_partition"] == 0
+    assert stack.supervisor.check_alive() == []
