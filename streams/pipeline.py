@@ -25,7 +25,6 @@ from streams.settings import Settings
 from streams.topics import ALL_TOPICS, TopicSpec
 
 
-
 @dataclass
 class Pipeline:
     """What every agent module needs: settings, clock, topics and the app."""

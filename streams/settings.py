@@ -89,7 +89,7 @@ class Settings:
             raw = environ.get(f"{ENV_PREFIX}{f.name.upper()}")
             if raw is None:
                 continue
-            kind = type(f.default)
+            kind: Any = type(f.default)
             try:
                 values[f.name] = kind(raw)
             except ValueError as exc:

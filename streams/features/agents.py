@@ -23,33 +23,7 @@ def register(p: Pipeline) -> None:
             started = time.perf_counter()
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
-            touched: dict[str, dict[str, Any] | None] = {}
-            moves: dict[int, list[dict[str, Any]]] = {}
-
-            def state_of(person: str) -> dict[str, Any]:
-                if person not in touched or touched[person] is None:
-                    touched[person] = table.get(person) or counters.empty(person)
-                return touched[person]  # type: ignore[return-value]
-
-            for op in batch["ops"]:
-                person = op["person_id"]
-                if op["kind"] == "event":
-                    counters.apply_event(state_of(person), op["event"])
-                elif op["kind"] == "merge":
-                    # This partition owns the person being merged away: hand its
-                    # counters to the survivor's partition, then forget it.
-                    gone = touched.get(person) or table.get(person)
-                    touched[person] = None
-                    if gone is not None:
-                        into = op["other_person"]
-                        moves.setdefault(partition_for(into, n), []).append(
-                            {"kind": "absorb", "person_id": into, "event": None,
-                             "other_person": person, "absorbed": counters.snapshot(gone) | {"recent": gone["recent"]}}
-                        )
-                elif op["kind"] == "absorb":
-                    other = dict(op["absorbed"])
-                    other.setdefault("recent", [])
-                    counters.absorb(state_of(person), other)
+            touched, moves = _apply(batch["ops"], table, n)
 
             for person, state in touched.items():
                 if state is None:
@@ -68,3 +42,39 @@ def register(p: Pipeline) -> None:
                 ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, move), partition=dest)
             featured_topic.send_soon(value=event.value, partition=part)
             metrics.STAGE_BATCH_SECONDS.labels("features").observe(time.perf_counter() - started)
+
+
+def _apply(
+    ops: list[dict[str, Any]], table: Any, n: int,
+) -> tuple[dict[str, dict[str, Any] | None], dict[int, list[dict[str, Any]]]]:
+    """Apply one batch of person ops; return touched states (None: merged away) and moves."""
+    touched: dict[str, dict[str, Any] | None] = {}
+    moves: dict[int, list[dict[str, Any]]] = {}
+
+    def state_of(person: str) -> dict[str, Any]:
+        current = touched.get(person)
+        if current is None:
+            current = table.get(person) or counters.empty(person)
+            touched[person] = current
+        return current
+
+    for op in ops:
+        person = op["person_id"]
+        if op["kind"] == "event":
+            counters.apply_event(state_of(person), op["event"])
+        elif op["kind"] == "merge":
+            # This partition owns the person being merged away: hand its
+            # counters to the survivor's partition, then forget it.
+            gone = touched.get(person) or table.get(person)
+            touched[person] = None
+            if gone is not None:
+                into = op["other_person"]
+                moves.setdefault(partition_for(into, n), []).append(
+                    {"kind": "absorb", "person_id": into, "event": None, "other_person": person,
+                     "absorbed": counters.snapshot(gone) | {"recent": gone["recent"]}}
+                )
+        elif op["kind"] == "absorb":
+            other = dict(op["absorbed"])
+            other.setdefault("recent", [])
+            counters.absorb(state_of(person), other)
+    return touched, moves

@@ -86,7 +86,7 @@ class IngestService:
                         if err.code() != KafkaError._PARTITION_EOF:
                             log.warning("raw consume error: %s", err)
                         continue
-                    records.append(RawRecord(m.partition(), m.offset(), m.value(), m.headers()))
+                    records.append(RawRecord(m.partition(), m.offset(), m.value(), m.headers()))  # type: ignore[arg-type]
                 if not records and s.clock == "manual":
                     continue
                 self._process(records, producer, ingested, dlq, raw)

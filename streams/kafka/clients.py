@@ -52,7 +52,7 @@ def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
         wanted.append(NewTopic(name, spec.partitions(settings), settings.replication_factor, config=config))
     if not wanted:
         return []
-    for name, future in admin.create_topics(wanted, operation_timeout=10).items():
+    for future in admin.create_topics(wanted, operation_timeout=10).values():
         try:
             future.result()
         except KafkaException as exc:

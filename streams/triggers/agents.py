@@ -31,7 +31,7 @@ def register(p: Pipeline) -> None:
             due_index[part] = idx
         return due_index[part]
 
-    @p.app.on_partitions_revoked.connect
+    @p.app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget(app: Any, revoked: Any, **kwargs: Any) -> None:
         for tp in revoked:
             due_index.pop(tp.partition, None)

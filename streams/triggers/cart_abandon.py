@@ -51,7 +51,7 @@ def on_event(state: dict[str, Any], enriched: dict[str, Any], delay_ms: int) -> 
         }
         return True
     if kind == "checkout_started" and cart_id in state["carts"]:
-        return _cancel(state, [cart_id], tp["event_time_ms"])
+        return _cancel(state, [str(cart_id)], tp["event_time_ms"])
     if kind == "order_completed" and state["carts"]:
         return _cancel(state, list(state["carts"]), tp["event_time_ms"])
     return False
