@@ -24,6 +24,7 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    port: int | None = None  # where it serves /metrics
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Supervisor:
     log_dir: Path
     children: list[Child] = field(default_factory=list)
 
-    def _spawn(self, name: str, args: list[str], overrides: dict[str, str]) -> Child:
+    def _spawn(self, name: str, args: list[str], overrides: dict[str, str], port: int | None = None) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         env = {**os.environ, **self.settings.to_env(), **overrides, "PYTHONUNBUFFERED": "1"}
@@ -40,7 +41,7 @@ class Supervisor:
             [sys.executable, "-m", "streams.cli", *args],
             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
-        child = Child(name, proc, log_path)
+        child = Child(name, proc, log_path, port)
         self.children.append(child)
         return child
 
@@ -48,10 +49,11 @@ class Supervisor:
         port = free_port()
         return self._spawn(f"worker-{worker_id}", ["worker", "--id", str(worker_id)], {
             "TOUCHLINE_WORKER_ID": str(worker_id), "TOUCHLINE_WEB_PORT": str(port - worker_id),
-        })
+        }, port)
 
     def start_sink(self) -> Child:
-        return self._spawn("sink", ["sink"], {"TOUCHLINE_SINK_METRICS_PORT": str(free_port())})
+        port = free_port()
+        return self._spawn("sink", ["sink"], {"TOUCHLINE_SINK_METRICS_PORT": str(port)}, port)
 
     def check_alive(self) -> list[str]:
         """Names of children that exited on their own."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import urllib.request
+
 import pytest
 
 from streams.deadletter.sealing import Sealer
@@ -55,6 +58,14 @@ def test_journeys_stitch_identity_and_fire_one_cart_abandon(stack_factory) -> No
         ("cart_abandon", "cart-A", member_person, "M100")]
     assert fired[0]["due_at_ms"] == T0 + 3 * MIN + delay
 
+    sink = next(c for c in stack.supervisor.children if c.name == "sink")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{sink.port}/metrics", timeout=10).read().decode()
+        if 'touchline_sink_rows_written_total{table="triggers"} 1.0' in scraped:
+            break
+        time.sleep(0.2)
+    assert 'touchline_sink_rows_written_total{table="triggers"} 1.0' in scraped
     stack.stop_sink()  # flushes its last batch and releases chDB
     rows = stack.query("SELECT event_id, person_id FROM touchpoints_enriched FINAL ORDER BY event_id")
     assert [r[0] for r in rows] == ["a1", "a2", "a3", "a4", "b1", "b2", "b3", "b4", "b5"]
@@ -88,3 +99,7 @@ def test_malformed_bytes_go_to_dead_letters_and_the_worker_keeps_running(stack_f
     assert sealer.open(two_bytes["nonce"], two_bytes["payload_encrypted"], two_bytes["dead_letter_id"].encode()) == b"\x00\x01"
     assert two_bytes["reason"] == "not_wire_format" and two_bytes["source_partition"] == 0
     assert stack.supervisor.check_alive() == []
+    worker = stack.supervisor.children[0]
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=10).read().decode()
+    assert 'touchline_dead_letters_total{reason="not_wire_format"} 2.0' in scraped
+    assert 'touchline_events_ingested_total{channel="web"} 2.0' in scraped
