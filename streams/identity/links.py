@@ -49,8 +49,10 @@ class Resolution:
 
 
 # What the resolver stores per route key: {"m": member_id or None}. A key is
-# present once the route key has been seen, so a later link knows whether
-# there is an anonymous person to merge.
+# present once the route key has been seen on an anonymous event (or linked),
+# so a later link knows whether there is an anonymous person to merge. A
+# member's event carrying the route key does not create it: that event belongs
+# to the member, so the route key's own person still has nothing to merge.
 LinkTable = MutableMapping[str, dict[str, Any]]
 
 
@@ -70,8 +72,6 @@ def resolve(event: dict[str, Any], route_key: str, links: LinkTable) -> Resoluti
                     person_id_for(route_key), person_id_for(f"member_id:{member}"), route_key,
                     member, event["event_id"], event["event_time_ms"],
                 )
-        elif known is None:
-            links[route_key] = {"m": None}
         return Resolution(person_id_for(f"member_id:{member}"), member, merge)
     if known is None:
         links[route_key] = {"m": None}
