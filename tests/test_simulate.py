@@ -8,7 +8,8 @@ generator's counting cannot hide behind a matching bug in its truth.
 from __future__ import annotations
 
 import json
-from collections import Counter
+import random
+from collections import Counter, defaultdict
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import avro
+from streams.identity import links as identity_links
 from streams.ingest import validate
 from streams.simulate import journeys
 from streams.simulate.producer import write_truth
 from streams.simulate.traffic import MALFORMED, SimConfig, SimRecord, Traffic, generate
 from streams.touchpoint.taxonomy import CHANNELS, EVENT_TYPES, is_junk
+from streams.triggers import cart_abandon
 
 SMALL = SimConfig(persons=60, events=3000, malformed_rate=0.02, late_rate=0.03, duplicate_rate=0.02)
+SHARED = SimConfig(persons=60, events=3000, malformed_rate=0.02, late_rate=0.03, duplicate_rate=0.02,
+                   shared_devices=3, cart_rate=0.5, cart_abandon_rate=0.5)
 VALID = ("event", "late")
 MINUTE = 60_000
 
@@ -34,6 +39,31 @@ def small() -> Traffic:
     return generate(SMALL)
 
 
+@cache
+def shared() -> Traffic:
+    return generate(SHARED)
+
+
+def owners(config: SimConfig) -> tuple[dict[str, int], dict[int, str | None]]:
+    """(event id -> human, human -> member id): who really did what, which records cannot say.
+
+    ``generate`` simulates journeys first with a fresh rng of the seed, so a
+    second ``Journeys`` run of the same config replays the same people.
+    """
+    j = journeys.Journeys(config, random.Random(config.seed))
+    j.run()
+    return dict(j.owner), {h.idx: h.member_id for h in j.humans}
+
+
+def rule_links(events: list[dict[str, Any]]) -> dict[str, str]:
+    links: dict[str, str] = {}
+    for e in events:  # first identify carrying both a cookie and a member id wins
+        ids = e["identifiers"]
+        if e["type"] in ("identify", "login", "signed_up") and ids["member_id"] and ids["anonymous_id"]:
+            links.setdefault(ids["anonymous_id"], ids["member_id"])
+    return links
+
+
 def decoded(traffic: Traffic) -> list[tuple[SimRecord, dict[str, Any]]]:
     """(record, event) for every valid, distinct record, in send order."""
     return [(r, avro.decode_as(avro.TOUCHPOINT, r.value)) for r in traffic.records if r.kind in VALID]
@@ -41,11 +71,7 @@ def decoded(traffic: Traffic) -> list[tuple[SimRecord, dict[str, Any]]]:
 
 def persons_by_rule(events: list[dict[str, Any]]) -> int:
     """The skeleton identity rule, written the simple way: collect links, then resolve."""
-    links: dict[str, str] = {}
-    for e in events:  # first identify carrying both a cookie and a member id wins
-        ids = e["identifiers"]
-        if e["type"] in ("identify", "login", "signed_up") and ids["member_id"] and ids["anonymous_id"]:
-            links.setdefault(ids["anonymous_id"], ids["member_id"])
+    links = rule_links(events)
     persons = set()
     for e in events:
         ids = e["identifiers"]
@@ -132,14 +158,11 @@ def test_counts_add_up() -> None:
     assert json.loads(json.dumps(truth.to_dict())) == truth.to_dict()
 
 
-def test_abandoned_carts_are_really_abandoned_and_others_convert_within_10_minutes() -> None:
-    traffic = small()
+@pytest.mark.parametrize("which", ["small", "shared"])
+def test_abandoned_carts_are_really_abandoned_and_others_convert_within_10_minutes(which: str) -> None:
+    traffic, config = (small(), SMALL) if which == "small" else (shared(), SHARED)
     events = [e for _, e in decoded(traffic)]
-    links: dict[str, str] = {}
-    for e in events:
-        ids = e["identifiers"]
-        if e["type"] == "identify":
-            links.setdefault(ids["anonymous_id"], ids["member_id"])
+    links = rule_links(events)
 
     def person(e: dict[str, Any]) -> str:
         ids = e["identifiers"]
@@ -160,14 +183,15 @@ def test_abandoned_carts_are_really_abandoned_and_others_convert_within_10_minut
         if cart_id in abandoned:
             assert ("checkout_started", cart_id) not in by_cart and ("order_completed", cart_id) not in by_cart
             assert not [o for o in orders if person(o) in who
-                        and last < o["event_time_ms"] <= last + SMALL.cart_abandon_delay_ms]
+                        and last < o["event_time_ms"] <= last + config.cart_abandon_delay_ms]
         else:
             (order,) = [o for o in orders if o["properties"]["cart_id"] == cart_id]
             assert last < order["event_time_ms"] <= last + 10 * MINUTE
 
 
-def test_members_fill_carts_only_when_logged_in() -> None:
-    events = [e for _, e in decoded(small())]
+@pytest.mark.parametrize("which", ["small", "shared"])
+def test_members_fill_carts_only_when_logged_in(which: str) -> None:
+    events = [e for _, e in decoded(small() if which == "small" else shared())]
     logged_in_devices = {e["identifiers"]["anonymous_id"] for e in events
                          if e["identifiers"]["anonymous_id"] and e["identifiers"]["member_id"]}
     carts = [e for e in events if e["type"] in ("product_added", "checkout_started")]
@@ -187,10 +211,11 @@ def test_expected_persons_follows_the_skeleton_identity_rule() -> None:
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32), persons=st.integers(1, 40), events=st.integers(0, 400))
-def test_any_small_config_is_consistent(seed: int, persons: int, events: int) -> None:
+@given(seed=st.integers(0, 2**32), persons=st.integers(1, 40), events=st.integers(0, 400),
+       shared_devices=st.integers(0, 3))
+def test_any_small_config_is_consistent(seed: int, persons: int, events: int, shared_devices: int) -> None:
     config = SimConfig(seed=seed, persons=persons, events=events, duplicate_rate=0.05,
-                       late_rate=0.05, malformed_rate=0.05)
+                       late_rate=0.05, malformed_rate=0.05, shared_devices=min(shared_devices, persons // 2))
     traffic = generate(config)
     assert traffic.records == generate(config).records
     truth = traffic.truth
@@ -226,9 +251,90 @@ def test_config_rejects_nonsense() -> None:
         SimConfig(cart_abandon_rate=1.5)
     with pytest.raises(ValueError):
         SimConfig(channel_mix={"fax": 1.0})
+    with pytest.raises(ValueError):
+        SimConfig(shared_devices=-1)
+    with pytest.raises(ValueError):
+        SimConfig(persons=5, shared_devices=3)  # each shared device needs two members
 
 
 def test_write_truth_is_json(tmp_path: Path) -> None:
     path = tmp_path / "out" / "truth.json"
     write_truth(path, small().truth)
     assert json.loads(path.read_text()) == small().truth.to_dict()
+
+
+def test_no_shared_devices_by_default() -> None:
+    truth = small().truth
+    assert SimConfig().shared_devices == 0
+    assert truth.shared_devices == 0 and truth.over_merged_humans == 0
+    events = [e for _, e in decoded(small())]
+    owner, _ = owners(SMALL)
+    users: defaultdict[str, set[int]] = defaultdict(set)
+    for e in events:
+        if e["identifiers"]["anonymous_id"]:
+            users[e["identifiers"]["anonymous_id"]].add(owner[e["event_id"]])
+    assert all(len(humans) == 1 for humans in users.values())  # every cookie is one human's
+
+
+def test_every_shared_device_is_used_by_two_or_more_humans_two_of_whom_log_in() -> None:
+    events = [e for _, e in decoded(shared())]
+    owner, member_of = owners(SHARED)
+    assert set(owner) == {e["event_id"] for e in events}
+    users: defaultdict[str, set[int]] = defaultdict(set)
+    logins: defaultdict[str, set[str]] = defaultdict(set)
+    for e in events:
+        ids = e["identifiers"]
+        if ids["anonymous_id"]:
+            users[ids["anonymous_id"]].add(owner[e["event_id"]])
+            if e["type"] == "identify":
+                logins[ids["anonymous_id"]].add(ids["member_id"])
+    shared_cookies = {anon for anon, humans in users.items() if len(humans) >= 2}
+    assert len(shared_cookies) == shared().truth.shared_devices == SHARED.shared_devices
+    for anon in shared_cookies:
+        assert len(logins[anon]) >= 2  # at least two members log in on it...
+        assert logins[anon] <= {member_of[h] for h in users[anon]}  # ...and they are among its users
+    assert {anon for anon, members in logins.items() if len(members) >= 2} == shared_cookies
+    assert any(len(users[anon]) > 2 for anon in shared_cookies)  # some have a third human
+
+
+def test_expected_persons_and_over_merge_follow_the_rule_with_shared_devices() -> None:
+    traffic = shared()
+    events = [e for _, e in decoded(traffic)]
+    assert traffic.truth.expected_persons == persons_by_rule(events)
+    links = rule_links(events)
+    owner, member_of = owners(SHARED)
+    wrong = set()
+    for e in events:
+        ids = e["identifiers"]
+        person = ids["member_id"] or links.get(ids["anonymous_id"])
+        if person is not None and person != member_of[owner[e["event_id"]]]:
+            wrong.add(owner[e["event_id"]])
+    # each shared device gives at least its second member's anonymous browsing to the first
+    assert len(wrong) == traffic.truth.over_merged_humans >= SHARED.shared_devices
+
+
+def test_carts_on_shared_devices_carry_the_member_id() -> None:
+    events = [e for _, e in decoded(shared())]
+    owner, _ = owners(SHARED)
+    users: defaultdict[str, set[int]] = defaultdict(set)
+    for e in events:
+        if e["identifiers"]["anonymous_id"]:
+            users[e["identifiers"]["anonymous_id"]].add(owner[e["event_id"]])
+    carts = [e for e in events if e["properties"] and e["properties"]["cart_id"]
+             and len(users[e["identifiers"]["anonymous_id"]]) >= 2]
+    assert carts  # the config is busy enough to put carts on shared devices
+    assert all(e["identifiers"]["member_id"] for e in carts)
+
+
+@pytest.mark.parametrize("which", ["small", "shared"])
+def test_pipeline_cores_fire_exactly_the_abandoned_carts(which: str) -> None:
+    """The real identity resolver and cart-abandon core, fed in send order, fire exactly the truth's carts."""
+    traffic, config = (small(), SMALL) if which == "small" else (shared(), SHARED)
+    table: dict[str, dict[str, Any]] = {}
+    states: dict[str, dict[str, Any]] = {}
+    for _, e in decoded(traffic):
+        res = identity_links.resolve(e, str(validate.route_key(e["identifiers"])), table)
+        state = states.setdefault(res.person_id, cart_abandon.empty(res.person_id, 0))
+        cart_abandon.on_event(state, {"touchpoint": e, "member_id": res.member_id}, config.cart_abandon_delay_ms)
+    fired = [t["correlation_key"] for s in states.values() for t in cart_abandon.fire_due(s, 2**62)]
+    assert sorted(fired) == traffic.truth.abandoned_cart_ids

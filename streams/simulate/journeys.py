@@ -12,7 +12,21 @@ Invariants the ground truth relies on:
   for at least the abandon delay, so no purchase of theirs cancels it;
 - members fill carts only after logging in during that session (every cart
   event then carries the member id); non-members fill carts anonymously and
-  never log in. The skeleton cannot move a pending cart across a merge.
+  never log in, and never on a shared device. The skeleton cannot move a
+  pending cart across a merge.
+
+Shared devices (``SimConfig.shared_devices``, default 0): a device (one cookie,
+plus a device id for an app) used by a group of two members and, half the
+time, one more human, e.g. a family tablet or a store kiosk. Groups are
+disjoint; the device is added to each human of the group, whose first session
+is on it (a member's first session there always logs in), so both members
+really identify on it unless the event target stops the run first. Different humans' sessions on it may interleave. The
+skeleton links the cookie to whichever member identifies first, so the others'
+anonymous events there are attributed to that member: the known over-merge
+``traffic`` reports. Only member sessions that logged in fill carts there, so
+every cart event on a shared device carries its member's id and no anonymous
+order on it can cancel the first member's cart. With 0, no random draw is
+added and the output is the same as without the option.
 """
 
 from __future__ import annotations
@@ -78,9 +92,14 @@ class Journeys:
         self.carts, self.orders, self.revenue = 0, 0, 0.0
         self.abandoned: list[str] = []
         self.active: set[int] = set()
+        self.owner: dict[str, int] = {}  # event id -> index of the human who did it
+        self.shared_anon: set[str] = set()  # cookies of shared devices
+        self.first_on_shared: dict[int, tuple[str, str, str | None]] = {}  # human -> device of first session
         self.catalog = [(f"P{i:05d}", rng.choice(CATEGORIES), float(rng.choice((99, 199, 299, 599, 899, 1299))))
                         for i in range(PRODUCTS)]
         self.humans = [self._human(i) for i in range(config.persons)]
+        if config.shared_devices:  # no draw at all otherwise: default output unchanged
+            self._share_devices(config.shared_devices)
 
     def token(self, bits: int = 64) -> str:
         return f"{self.rng.getrandbits(bits):0{bits // 4}x}"
@@ -94,6 +113,27 @@ class Journeys:
         return Human(idx, f"M{idx:06d}{r.randrange(1000):03d}" if member else None,
                       f"+861{r.randrange(10**10):010d}", r.choice(CITIES), devices,
                       f"o-{self.token(96)}", f"buyer-{self.token()}", r.choice(MARKETPLACES))
+
+    def _share_devices(self, count: int) -> None:
+        """Give ``count`` new devices to disjoint groups of two members (plus, half the time, one more human).
+
+        Fewer if there are not enough members; the ground truth counts what the events realise.
+        """
+        r = self.rng
+        members = [h for h in self.humans if h.member_id]
+        r.shuffle(members)
+        grouped = {h.idx for h in members[: 2 * count]}
+        others = [h for h in self.humans if h.idx not in grouped]
+        for k in range(min(count, len(members) // 2)):
+            group = members[2 * k: 2 * k + 2]
+            if others and r.random() < 0.5:
+                group.append(others.pop(r.randrange(len(others))))
+            ch = r.choice(DEVICE_CHANNELS)
+            device = (ch, f"anon-{self.token()}", f"dev-{self.token()}" if ch == "app" else None)
+            self.shared_anon.add(device[1])
+            for h in group:
+                h.devices.append(device)
+                self.first_on_shared[h.idx] = device
 
     def run(self) -> list[dict[str, Any]]:
         cfg, horizon = self.cfg, self.cfg.days * DAY_MS
@@ -126,10 +166,13 @@ class Journeys:
             "historical": False, **top,
         })
         self.active.add(h.idx)
+        self.owner[self.events[-1]["event_id"]] = h.idx
         return t + self.rng.randint(5_000, 90_000)
 
     def _session(self, h: Human, t: int) -> int:
         """One session of one human starting at t; returns when the human is free again."""
+        if h.idx in self.first_on_shared:  # a sharer's first session: on the shared device, logged in
+            return self._device_session(h, self.first_on_shared.pop(h.idx), t, force_login=True)
         allowed = [c for c, w in self.cfg.channel_mix.items() if w > 0 and (h.member_id or c not in MEMBER_ONLY)]
         weights = [self.cfg.channel_mix[c] for c in allowed]
         ch = self.rng.choices(allowed, weights)[0] if allowed else DEVICE_CHANNELS[0]
@@ -141,11 +184,13 @@ class Journeys:
     def _product(self) -> tuple[str, str, float]:
         return self.rng.choice(self.catalog)
 
-    def _device_session(self, h: Human, device: tuple[str, str, str | None], t: int) -> int:
+    def _device_session(self, h: Human, device: tuple[str, str, str | None], t: int,
+                        force_login: bool = False) -> int:
         r, (ch, anon, dev) = self.rng, device
         ids: dict[str, Any] = {"anonymous_id": anon, "device_id": dev}
         views = r.randint(1, 5)
-        login_at = r.randint(0, views) if h.member_id and r.random() < self.cfg.login_rate else -1
+        login = h.member_id and (force_login or r.random() < self.cfg.login_rate)
+        login_at = r.randint(0, views) if login else -1
         page = "screen_viewed" if ch == "app" else "page_viewed"
         t = self.emit(h, ch, page, t, ids, {"page_url": f"/{ch}/home", "campaign": r.choice((None, "double11"))})
         if ch == "mini_program" and r.random() < 0.2:
@@ -164,7 +209,8 @@ class Journeys:
             seen.append((pid, cat, price))
             t = self.emit(h, ch, "product_viewed", t, ids, {"page_url": f"/p/{pid}"},
                           {"product_id": pid, "category": cat, "price": price, "currency": "CNY"})
-        cart_ok = login_at >= 0 or h.member_id is None
+        # A cart's events carry the member id, or the device is the anonymous human's own.
+        cart_ok = login_at >= 0 or (h.member_id is None and anon not in self.shared_anon)
         if cart_ok and r.random() < self.cfg.cart_rate:
             return self._cart(h, ch, ids, t, seen)
         return t

@@ -7,6 +7,12 @@ resends, late page/product views, and malformed records of each dead-letter
 reason. Same config, same bytes, so a run's output can be checked exactly
 against the returned ``GroundTruth``.
 
+Shared devices (``shared_devices``, off by default) make the skeleton identity
+rule over-merge: a cookie used by several members is linked to the first one
+who identifies on it, and everyone's anonymous events there become that
+member's. The ground truth follows the rule exactly (``expected_persons``) and
+says how many humans it wrongly attributes (``over_merged_humans``).
+
 Counting convention: a late record is a valid, distinct event sent out of
 order, so ``records_sent = events_valid_distinct + duplicates + malformed`` and
 ``late`` is a subset of ``events_valid_distinct``.
@@ -61,10 +67,16 @@ class SimConfig:
     start_ms: int = START_MS
     days: int = 3
     cart_abandon_delay_ms: int = 1_800_000
+    # Devices (cookies) each used by two members who log in on them, half the
+    # time by one more human too (a family tablet, a store kiosk); needs two
+    # members per device, fewer are realised if the seed has too few members.
+    shared_devices: int = 0
 
     def __post_init__(self) -> None:
         if self.persons < 1 or self.events < 0 or self.devices_per_person < 1 or self.days < 1:
             raise ValueError("persons, devices_per_person and days must be >= 1, events >= 0")
+        if not 0 <= 2 * self.shared_devices <= self.persons:
+            raise ValueError("shared_devices must be >= 0 and each needs two of the persons")
         for name in ("member_share", "login_rate", "cart_rate", "cart_abandon_rate",
                      "duplicate_rate", "late_rate", "malformed_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -99,6 +111,8 @@ class GroundTruth:
     active_humans: int  # humans with at least one valid event
     expected_persons: int
     identity_links: int  # route keys (cookies) linked to a member by an identify
+    shared_devices: int  # cookies two or more members identified on (realised, not just configured)
+    over_merged_humans: int  # humans some of whose events the skeleton rule gives to another member
     carts: int
     abandoned_carts: int
     abandoned_cart_ids: list[str]
@@ -141,6 +155,11 @@ def generate(config: SimConfig | None = None) -> Traffic:
 
     events = [ev for ev, _ in ordered]
     persons, links = _skeleton_persons(events)
+    members_on: defaultdict[str, set[str]] = defaultdict(set)  # cookie -> members identifying on it
+    for e in events:
+        ids = e["identifiers"]
+        if e["type"] in IDENTIFY_TYPES and not is_junk(ids["anonymous_id"]) and not is_junk(ids["member_id"]):
+            members_on[ids["anonymous_id"]].add(ids["member_id"])
     truth = GroundTruth(
         seed=config.seed, start_ms=config.start_ms,
         end_time_ms=max((e["event_time_ms"] for e in events), default=config.start_ms),
@@ -151,7 +170,9 @@ def generate(config: SimConfig | None = None) -> Traffic:
         events_by_channel=dict(sorted(Counter(e["channel"] for e in events).items())),
         events_by_type=dict(sorted(Counter(e["type"] for e in events).items())),
         humans=config.persons, members=sum(1 for h in journeys.humans if h.member_id),
-        active_humans=len(journeys.active), expected_persons=persons, identity_links=links,
+        active_humans=len(journeys.active), expected_persons=persons, identity_links=len(links),
+        shared_devices=sum(1 for m in members_on.values() if len(m) >= 2),
+        over_merged_humans=_over_merged(events, links, journeys),
         carts=journeys.carts, abandoned_carts=len(journeys.abandoned),
         abandoned_cart_ids=sorted(journeys.abandoned), orders=journeys.orders,
         revenue=round(journeys.revenue, 2),
@@ -220,8 +241,8 @@ def _malformed(variant: str, event: dict[str, Any], value: bytes, rng: random.Ra
     return SimRecord(key, avro.encode(avro.TOUCHPOINT, bad), "malformed")
 
 
-def _skeleton_persons(events: list[dict[str, Any]]) -> tuple[int, int]:
-    """(persons, links) the skeleton identity rule ends with, events taken in send order.
+def _skeleton_persons(events: list[dict[str, Any]]) -> tuple[int, dict[str, str]]:
+    """(persons, route key -> member links) the skeleton identity rule ends with, events in send order.
 
     An event belongs to its member id; else to the member its route key was
     linked to by an identify/login/signed_up carrying both (first link wins);
@@ -242,4 +263,23 @@ def _skeleton_persons(events: list[dict[str, Any]]) -> tuple[int, int]:
             members.add(links[rk])
         else:
             keys.add(rk)
-    return len(members) + len(keys - links.keys()), len(links)
+    return len(members) + len(keys - links.keys()), links
+
+
+def _over_merged(events: list[dict[str, Any]], links: dict[str, str], journeys: Journeys) -> int:
+    """Humans with an event the skeleton rule attributes to a member other than themselves.
+
+    An event's final person under the rule: its member id; else the member its
+    route key is linked to by the end (an anonymous person founded before the
+    link is merged into that member); else its route key's own person. Only a
+    shared device gives one human's events to another member.
+    """
+    wrong: set[int] = set()
+    for e in events:
+        ids = e["identifiers"]
+        member = None if is_junk(ids["member_id"]) else ids["member_id"]
+        person = member or links.get(str(route_key(ids)))
+        human = journeys.humans[journeys.owner[e["event_id"]]]
+        if person is not None and person != human.member_id:
+            wrong.add(human.idx)
+    return len(wrong)
