@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EVENTS ?= 20000
+BENCH_EVENTS ?= 60000
 
 .DEFAULT_GOAL := help
 
@@ -25,6 +26,10 @@ install: $(STAMP) ## create .venv and install the pinned dependencies
 .PHONY: run
 run: $(STAMP) ## run the whole pipeline on the embedded broker + chDB with simulated traffic (EVENTS=n)
 	$(BIN)/touchline run --events $(EVENTS)
+
+.PHONY: bench
+bench: $(STAMP) ## events per CPU-second (1 and 2 workers) beside the raw ceiling; JSON in var/bench/
+	$(BIN)/touchline bench --events $(BENCH_EVENTS)
 
 .PHONY: test
 test: $(STAMP) ## run the whole test suite (unit, property, end-to-end on the embedded stack)

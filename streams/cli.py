@@ -127,6 +127,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(events=args.events, workers=args.workers, seed=args.seed, persons=args.persons, rate=args.rate)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.bench import bench
+
+    bench(args.events, Path(args.output))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="touchline",
@@ -164,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("bench", help="events per CPU-second of the pipeline beside the raw ceiling")
+    p.add_argument("--events", type=int, default=60000)
+    p.add_argument("--output", default="var/bench/latest.json", help="JSON results file")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="print the KPI summary from ClickHouse")
     p.add_argument("--json", action="store_true", help="one line of JSON")

@@ -1,0 +1,141 @@
+"""``touchline bench``: events per CPU-second beside the raw ceiling, in one run.
+
+Same machine, same generated data, same embedded broker for every figure:
+
+- ceiling: confluent-kafka ``consume(1000)`` + Avro decode of the raw topic,
+  no processing, in this process (CPU from getrusage);
+- pipeline with 1 and with 2 workers (plus the sink): raw events processed
+  end to end (enriched and inserted into ClickHouse) divided by
+  the CPU seconds (user + sys) of the worker and sink processes only, read
+  from /proc before and after; the broker and the load generator are not
+  counted.
+
+Results go to stdout as a table and to a JSON file for comparison between
+runs. This is a benchmark, not a test: nothing here asserts a target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from streams import avro
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.clients import create_topics
+from streams.processes import Supervisor
+from streams.settings import Settings
+from streams.simulate.producer import produce, send_clock_ticks
+from streams.simulate.traffic import SimConfig, generate
+from streams.topics import RAW
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+
+
+def _sink_rows(port: int) -> int:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith('touchline_sink_rows_written_total{table="touchpoints_enriched"}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+def ceiling(settings: Settings, expected: int) -> dict[str, float]:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([RAW.name(settings)])
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    wall = time.perf_counter()
+    n = 0
+    while n < expected:
+        for m in c.consume(1000, timeout=1.0):
+            if m.error() is None and m.value() is not None:
+                try:
+                    avro.decode(m.value())
+                except avro.WireFormatError:
+                    pass
+                n += 1
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    c.close()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"events": n, "cpu_s": cpu, "wall_s": time.perf_counter() - wall, "events_per_cpu_s": n / cpu}
+
+
+def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int, run_dir: Path) -> dict[str, float]:
+    prefix = f"bench{workers}w{uuid.uuid4().hex[:4]}"
+    s = base.with_overrides(kafka_bootstrap=broker.bootstrap, topic_prefix=prefix,
+                            data_dir=str(run_dir / prefix), clock="manual")
+    create_topics(s)
+    sup = Supervisor(s, run_dir / prefix / "logs")
+    try:
+        for i in range(workers):
+            sup.start_worker(i)
+        sink = sup.start_sink()
+        time.sleep(8)  # group joins and recovery: idle CPU before the measured window
+        cpu0 = {c.name: _cpu_seconds(c.proc.pid) for c in sup.children}
+        wall0 = time.perf_counter()
+        produce(s, traffic)
+        send_clock_ticks(s, traffic.truth.end_time_ms + 1)
+        expected = traffic.truth.events_valid_distinct
+        assert sink.port is not None
+        last = time.monotonic()
+        while True:
+            # The sink reads the enriched topic: rows in ClickHouse imply enriched records.
+            rows = _sink_rows(sink.port)
+            if rows >= expected:
+                break
+            if time.monotonic() - last > 10:
+                print(f"  {workers} worker(s): {rows:,} of {expected:,} rows in ClickHouse", flush=True)
+                last = time.monotonic()
+            if sup.check_alive():
+                raise RuntimeError(f"bench process died: {sup.check_alive()}")
+            time.sleep(0.2)
+        wall = time.perf_counter() - wall0
+        cpu = sum(_cpu_seconds(c.proc.pid) - cpu0[c.name] for c in sup.children)
+    finally:
+        sup.stop()
+    return {"workers": workers, "events": expected, "cpu_s": cpu, "wall_s": wall,
+            "events_per_cpu_s": expected / cpu, "events_per_wall_s": expected / wall}
+
+
+def bench(events: int, out_path: Path) -> dict[str, Any]:
+    base = Settings.from_env()
+    run_dir = base.data_path / "bench"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    traffic = generate(SimConfig(seed=3, events=events, persons=max(200, events // 40),
+                                 duplicate_rate=0.0, malformed_rate=0.0, late_rate=0.0))
+    result: dict[str, Any] = {"events": traffic.truth.events_valid_distinct, "cpus": os.cpu_count(),
+                              "python": platform.python_version(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with EmbeddedBroker(log_path=run_dir / "broker.log") as broker:
+        s = base.with_overrides(kafka_bootstrap=broker.bootstrap, topic_prefix=f"ceil{uuid.uuid4().hex[:4]}")
+        create_topics(s)
+        produce(s, traffic)
+        result["ceiling"] = ceiling(s, traffic.truth.records_sent)
+        result["pipeline_1w"] = pipeline(base, broker, traffic, 1, run_dir)
+        result["pipeline_2w"] = pipeline(base, broker, traffic, 2, run_dir)
+    c = result["ceiling"]["events_per_cpu_s"]
+    p1, p2 = result["pipeline_1w"], result["pipeline_2w"]
+    print(f"\nTouchline bench: {result['events']:,} events, {result['cpus']} CPUs\n")
+    print(f"  {'what':38} {'events/CPU-s':>13} {'ratio':>7} {'events/s (wall)':>16}")
+    print(f"  {'raw ceiling (consume + Avro decode)':38} {c:>13,.0f} {1.0:>7.2f} {'':>16}")
+    for label, r in (("whole pipeline, 1 worker + sink", p1), ("whole pipeline, 2 workers + sink", p2)):
+        print(f"  {label:38} {r['events_per_cpu_s']:>13,.0f} {r['events_per_cpu_s'] / c:>7.3f} "
+              f"{r['events_per_wall_s']:>16,.0f}")
+    print(f"\n  2 workers / 1 worker throughput (wall): {p2['events_per_wall_s'] / p1['events_per_wall_s']:.2f}x")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2))
+    print(f"  written to {out_path}")
+    return result
