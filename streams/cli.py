@@ -124,7 +124,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from streams.run import run
 
-    return run(events=args.events, workers=args.workers, seed=args.seed, persons=args.persons, rate=args.rate)
+    return run(events=args.events, workers=args.workers, seed=args.seed, persons=args.persons, rate=args.rate,
+               shared_devices=args.shared_devices)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persons", type=int, default=500, help="simulated humans (default 500)")
     p.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
     p.add_argument("--rate", type=float, default=None, help="records per second to send (default: as fast as possible)")
+    p.add_argument("--shared-devices", type=int, default=0,
+                   help="cookies shared by several humans (family tablet, kiosk); default 0")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="one Faust worker: ingest, identity, features and triggers agents")
