@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from fastavro.schema import load_schema, to_parsing_canonical_form
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
 
-SCHEMA_DIR = Path(os.environ.get("TOUCHLINE_SCHEMA_DIR", Path(__file__).resolve().parents[1] / "schemas"))
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 
 # Contract names used in code. Each must exist as schemas/<name>.avsc.
 TOUCHPOINT = "com.touchline.touchpoint.Touchpoint"
@@ -105,10 +103,6 @@ def decode(data: bytes | None, expect: str | None = None) -> tuple[str, dict[str
 
 def decode_as(name: str, data: bytes) -> dict[str, Any]:
     return decode(data, expect=name)[1]
-
-
-def schema_json(name: str) -> str:
-    return json.dumps(json.loads((SCHEMA_DIR / f"{name}.avsc").read_text()))
 
 
 def iter_contracts() -> Iterator[Contract]:

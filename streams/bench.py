@@ -21,7 +21,6 @@ import os
 import platform
 import resource
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from confluent_kafka import Consumer
 from streams import avro
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.clients import create_topics
-from streams.processes import Supervisor
+from streams.processes import Supervisor, scrape_total
 from streams.settings import Settings
 from streams.simulate.producer import produce, send_clock_ticks
 from streams.simulate.traffic import SimConfig, generate
@@ -43,14 +42,6 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
-
-
-def _sink_rows(port: int) -> int:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith('touchline_sink_rows_written_total{table="touchpoints_enriched"}'):
-            return int(float(line.split()[-1]))
-    return 0
 
 
 def ceiling(settings: Settings, expected: int) -> dict[str, float]:
@@ -94,7 +85,7 @@ def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int,
         last = time.monotonic()
         while True:
             # The sink reads the enriched topic: rows in ClickHouse imply enriched records.
-            rows = _sink_rows(sink.port)
+            rows = int(scrape_total(sink.port, 'touchline_sink_rows_written_total{table="touchpoints_enriched"}'))
             if rows >= expected:
                 break
             if time.monotonic() - last > 10:

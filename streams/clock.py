@@ -1,8 +1,9 @@
 """Injectable time. Every delay, window and timer reads a Clock, never time.time().
 
-Production uses SystemClock. Tests and simulations use ManualClock, whose time
-moves only when told: across processes that is done with clock-tick records on
-the raw topic (see streams/ingest/control.py), so no test waits on wall time.
+Production uses SystemClock. Unit tests use ManualClock, whose time moves only
+when told. Across processes (TOUCHLINE_CLOCK=manual) no clock object moves
+time at all: event times and clock-tick records on the raw topic do (see
+streams/ingest/control.py), so no test waits on wall time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,3 @@ class ManualClock:
 
     def advance_to(self, t_ms: int) -> None:
         self._now = max(self._now, t_ms)
-
-    def advance_by(self, delta_ms: int) -> None:
-        self._now += max(0, delta_ms)

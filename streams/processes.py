@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,12 +60,6 @@ class Supervisor:
         """Names of children that exited on their own."""
         return [c.name for c in self.children if c.proc.poll() is not None]
 
-    def kill(self, child: Child) -> None:
-        """SIGKILL one child (fault injection) and forget it."""
-        child.proc.kill()
-        child.proc.wait(10)
-        self.children.remove(child)
-
     def stop(self, child: Child | None = None, grace_s: float = 15.0) -> None:
         targets = [child] if child else list(reversed(self.children))
         for c in targets:
@@ -79,3 +74,9 @@ class Supervisor:
                 c.proc.wait(10)
             if c in self.children:
                 self.children.remove(c)
+
+
+def scrape_total(port: int, series: str) -> float:
+    """Sum of every sample on a child's /metrics whose line starts with ``series``."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(series))

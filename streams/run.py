@@ -10,6 +10,7 @@ pipeline produced beside the simulator's ground truth.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typing import Any
 
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.clients import create_topics
-from streams.processes import Supervisor
+from streams.processes import Child, Supervisor, scrape_total
 from streams.settings import Settings
 from streams.tally import TopicReader
 
@@ -56,7 +57,7 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
         sup = Supervisor(settings, run_dir / "logs")
         for i in range(workers):
             sup.start_worker(i)
-        sup.start_sink()
+        sink = sup.start_sink()
         delay_ms = int(settings.cart_abandon_delay_s * 1000)
         traffic = generate(SimConfig(seed=seed, events=events, persons=persons, cart_abandon_delay_ms=delay_ms,
                                      shared_devices=shared_devices))
@@ -100,7 +101,7 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
                 print(f"\n  no progress for {SETTLE_TIMEOUT_S:.0f}s: stopping")
                 break
         print(_line(started, reader.tally, sent[0], 0.0))
-        time.sleep(settings.sink_flush_interval_s * 2)  # let the sink cut its last batch
+        _wait_for_sink(sink, reader.records_read)
     except KeyboardInterrupt:
         interrupted = True
         print("\n  interrupted: stopping cleanly")
@@ -118,7 +119,7 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
 
 def _touchline(settings: Settings, *args: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args], env={**_env(), **settings.to_env()},
+        [sys.executable, "-m", "streams.cli", *args], env={**os.environ, **settings.to_env()},
         capture_output=True, text=True, check=False,
     )
     if out.returncode != 0:
@@ -126,14 +127,18 @@ def _touchline(settings: Settings, *args: str) -> str:
     return out.stdout
 
 
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
+def _wait_for_sink(sink: Child, records: int) -> None:
+    """Until the sink has inserted every record the tally read from the same topics."""
+    assert sink.port is not None
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline and sink.proc.poll() is None:
+        if scrape_total(sink.port, "touchline_sink_rows_written_total{") >= records:
+            return
+        time.sleep(0.1)
+    print(f"\n  the sink did not insert all {records:,} records within {SETTLE_TIMEOUT_S:.0f}s")
 
 
 def _print_summary(tally: Any, ch: dict[str, Any], truth: dict[str, Any]) -> int:
-    checks: list[tuple[str, Any, Any]] = []
     print("\nSummary (ClickHouse, output topics, simulator ground truth)")
     print(f"\n  Events by channel (ClickHouse: {ch['events']:,} events)")
     for channel, n in ch["events_by_channel"].items():
@@ -147,7 +152,7 @@ def _print_summary(tally: Any, ch: dict[str, Any], truth: dict[str, Any]) -> int
     print("\n  Dead letters by reason")
     for reason, n in (ch["dead_letters_by_reason"] or {"(none)": 0}).items():
         print(f"    {reason:18} {n:>8,}")
-    checks = [
+    checks: list[tuple[str, Any, Any]] = [
         ("distinct events in ClickHouse", ch["events"], truth["events_valid_distinct"]),
         ("distinct events on enriched topic", len(tally.event_ids), truth["events_valid_distinct"]),
         ("persons stitched (ClickHouse)", ch["persons"], truth["expected_persons"]),

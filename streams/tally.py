@@ -65,6 +65,7 @@ class Tally:
 class TopicReader:
     def __init__(self, settings: Settings) -> None:
         self.tally = Tally()
+        self.records_read = 0
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": f"touchline-tally-{uuid.uuid4().hex[:8]}",
@@ -84,6 +85,7 @@ class TopicReader:
             name, record = avro.decode(m.value())
             self.tally.add(name, record)
             n += 1
+        self.records_read += n
         return n
 
     def close(self) -> None:

@@ -263,16 +263,21 @@ def test_write_truth_is_json(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == small().truth.to_dict()
 
 
+def humans_per_cookie(events: list[dict[str, Any]], owner: dict[str, int]) -> defaultdict[str, set[int]]:
+    """anonymous_id -> the humans who really produced events with it."""
+    users: defaultdict[str, set[int]] = defaultdict(set)
+    for e in events:
+        if e["identifiers"]["anonymous_id"]:
+            users[e["identifiers"]["anonymous_id"]].add(owner[e["event_id"]])
+    return users
+
+
 def test_no_shared_devices_by_default() -> None:
     truth = small().truth
     assert SimConfig().shared_devices == 0
     assert truth.shared_devices == 0 and truth.over_merged_humans == 0
     events = [e for _, e in decoded(small())]
-    owner, _ = owners(SMALL)
-    users: defaultdict[str, set[int]] = defaultdict(set)
-    for e in events:
-        if e["identifiers"]["anonymous_id"]:
-            users[e["identifiers"]["anonymous_id"]].add(owner[e["event_id"]])
+    users = humans_per_cookie(events, owners(SMALL)[0])
     assert all(len(humans) == 1 for humans in users.values())  # every cookie is one human's
 
 
@@ -315,11 +320,7 @@ def test_expected_persons_and_over_merge_follow_the_rule_with_shared_devices() -
 
 def test_carts_on_shared_devices_carry_the_member_id() -> None:
     events = [e for _, e in decoded(shared())]
-    owner, _ = owners(SHARED)
-    users: defaultdict[str, set[int]] = defaultdict(set)
-    for e in events:
-        if e["identifiers"]["anonymous_id"]:
-            users[e["identifiers"]["anonymous_id"]].add(owner[e["event_id"]])
+    users = humans_per_cookie(events, owners(SHARED)[0])
     carts = [e for e in events if e["properties"] and e["properties"]["cart_id"]
              and len(users[e["identifiers"]["anonymous_id"]]) >= 2]
     assert carts  # the config is busy enough to put carts on shared devices

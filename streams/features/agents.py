@@ -71,7 +71,7 @@ def _apply(
                 into = op["other_person"]
                 moves.setdefault(partition_for(into, n), []).append(
                     {"kind": "absorb", "person_id": into, "event": None, "other_person": person,
-                     "absorbed": counters.snapshot(gone) | {"recent": gone["recent"]}}
+                     "absorbed": counters.snapshot(gone)}
                 )
         elif op["kind"] == "absorb":
             other = dict(op["absorbed"])

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict, defaultdict
 from typing import Any
 
-from streams import avro, metrics
+from streams import avro, metrics, streamtime
 from streams.identity.links import Merge, resolve
 from streams.pipeline import Pipeline
 from streams.topics import ENRICHED, IDENTITY_CHANGES, INGESTED, PERSON_OPS, partition_for
@@ -61,15 +61,7 @@ def register(p: Pipeline) -> None:
                     )
             metrics.DUPLICATES.inc(dropped)
 
-            heard = dict(clocks.get(str(part)) or {})
-            moved = False
-            for raw_part, t in batch["raw_times"].items():
-                if t > heard.get(raw_part, 0):
-                    heard[raw_part] = t
-                    moved = True
-            if moved:
-                clocks[str(part)] = heard
-            watermark = min(heard.get(str(r), 0) for r in range(n))
+            watermark, moved = streamtime.advance(clocks, part, batch["raw_times"], n)
             metrics.STREAM_TIME.labels("identity", str(part)).set(watermark)
             targets = range(n) if moved else sorted(by_person_part)
             for dest in targets:

@@ -23,7 +23,6 @@ _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 def connect(dsn: str) -> Any:
     if dsn.startswith("chdb://"):
         Path(dsn[len("chdb://"):]).mkdir(parents=True, exist_ok=True)
-        return clickhouse_connect.get_client(dsn=dsn)
     return clickhouse_connect.get_client(dsn=dsn)
 
 

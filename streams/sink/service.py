@@ -66,7 +66,6 @@ class Sink:
         self.retry_sleep = retry_sleep
         self.stop_event = threading.Event()
         self.columns = {table: cols for table, cols, _ in TABLES.values()}
-        self.rows_written: dict[str, int] = defaultdict(int)
 
     def run(self) -> None:
         s = self.settings
@@ -101,8 +100,8 @@ class Sink:
                     self._add(batch, m)
                 settle(wait=False)
                 now = self.clock.now_ms()
-                due = batch.size >= s.sink_batch_rows or (batch.size and now - last_cut >= interval_ms)
-                if due or (batch.offsets and not batch.size and now - last_cut >= interval_ms):
+                # A batch of only undecodable records still has offsets to commit.
+                if batch.offsets and (batch.size >= s.sink_batch_rows or now - last_cut >= interval_ms):
                     settle(wait=True)  # one insert at a time: backpressure
                     in_flight = (executor.submit(self._write, batch), batch)
                     batch, last_cut = Batch(), now
@@ -142,4 +141,3 @@ class Sink:
                     self.retry_sleep(min(0.1 * 2**attempt, 5.0))
             metrics.SINK_INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
             metrics.SINK_ROWS.labels(table).inc(len(rows))
-            self.rows_written[table] += len(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from streams import avro, metrics
+from streams import avro, metrics, streamtime
 from streams.pipeline import Pipeline
 from streams.topics import FEATURED, TRIGGERS
 from streams.triggers import cart_abandon
@@ -22,12 +22,10 @@ def register(p: Pipeline) -> None:
 
     def index_for(part: int) -> dict[str, int]:
         if part not in due_index:  # first batch since start or reassignment: rebuild
-            idx = {}
+            idx: dict[str, int] = {}
             for person, state in pending.items():
                 if state and state.get("partition") == part:
-                    due = cart_abandon.next_due(state)
-                    if due is not None:
-                        idx[person] = due
+                    _reindex(idx, person, state)
             due_index[part] = idx
         return due_index[part]
 
@@ -52,20 +50,13 @@ def register(p: Pipeline) -> None:
                 if cart_abandon.on_event(state, op["event"], delay_ms):
                     touched[person] = state
 
-            heard = dict(clocks.get(str(part)) or {})
-            src = batch["source_partition"]
-            if src >= 0 and batch["watermark_ms"] > heard.get(str(src), 0):
-                heard[str(src)] = batch["watermark_ms"]
-                clocks[str(part)] = heard
-            stream_time = min(heard.get(str(s), 0) for s in range(n))
+            src = batch["source_partition"]  # -1: a features-internal move, which carries no time
+            reports = {str(src): batch["watermark_ms"]} if src >= 0 else {}
+            stream_time, _ = streamtime.advance(clocks, part, reports, n)
             metrics.STREAM_TIME.labels("triggers", str(part)).set(stream_time)
 
             for person, state in touched.items():
-                due = cart_abandon.next_due(state)
-                if due is None:
-                    idx.pop(person, None)
-                else:
-                    idx[person] = due
+                _reindex(idx, person, state)
             for person in [q for q, due in idx.items() if due <= stream_time]:
                 state = touched.get(person) or pending.get(person)
                 if state is None:
@@ -75,11 +66,16 @@ def register(p: Pipeline) -> None:
                     triggers_topic.send_soon(key=person.encode(), value=avro.encode(avro.TRIGGER, trig))
                     metrics.TRIGGERS_FIRED.labels(trig["rule"]).inc()
                 touched[person] = state
-                due = cart_abandon.next_due(state)
-                if due is None:
-                    idx.pop(person, None)
-                else:
-                    idx[person] = due
+                _reindex(idx, person, state)
             for person, state in touched.items():
                 pending[person] = state
             metrics.STAGE_BATCH_SECONDS.labels("triggers").observe(time.perf_counter() - started)
+
+
+def _reindex(idx: dict[str, int], person: str, state: dict[str, Any]) -> None:
+    """Keep a person in the due index exactly while they have a pending cart."""
+    due = cart_abandon.next_due(state)
+    if due is None:
+        idx.pop(person, None)
+    else:
+        idx[person] = due
