@@ -19,6 +19,23 @@ def _cart(cart_id: str) -> dict[str, object]:
     return {"cart_id": cart_id, "product_id": "sku-1", "price": 399.0, "quantity": 1}
 
 
+def _wait_until_triggers_stream_time(stack, t_ms: int, timeout_s: float = 60.0) -> None:
+    """Until every partition of the triggers stage has applied stream time t_ms (workers' /metrics)."""
+    deadline = time.monotonic() + timeout_s
+    seen: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        for worker in (c for c in stack.supervisor.children if c.name.startswith("worker")):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=10).read().decode()
+            for line in text.splitlines():
+                if line.startswith("touchline_stream_time_ms{") and 'stage="triggers"' in line:
+                    part = line.split('partition="')[1].split('"')[0]
+                    seen[part] = max(seen.get(part, 0.0), float(line.split()[-1]))
+        if len(seen) == stack.settings.partitions and min(seen.values()) >= t_ms:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"triggers stream time never reached {t_ms}: {seen}")
+
+
 def test_journeys_stitch_identity_and_fire_one_cart_abandon(stack_factory) -> None:
     stack = stack_factory(workers=2)
     anon = {"anonymous_id": "cookie-abandon"}
@@ -39,9 +56,17 @@ def test_journeys_stitch_identity_and_fire_one_cart_abandon(stack_factory) -> No
     ]
     stack.produce([encoded(e) for e in abandoner + buyer])
     delay = int(stack.settings.cart_abandon_delay_s * 1000)
-    stack.tick(T0 + 3 * MIN + delay + 1)  # test clock: just past cart-A's due time
+    due = T0 + 3 * MIN + delay
 
+    # Test clock one millisecond short of cart-A's due time: nothing may fire yet.
+    stack.tick(due - 1)
     reader = TopicReader(stack.settings)
+    stack.wait_for(reader, lambda t: len(t.event_ids) == 9)
+    _wait_until_triggers_stream_time(stack, due - 1)
+    reader.poll(timeout=1.0)
+    assert reader.tally.triggers == {}
+
+    stack.tick(due + 1)  # just past it
     tally = stack.wait_for(reader, lambda t: len(t.event_ids) == 9 and len(t.triggers) >= 1)
     reader.poll(timeout=1.0)
     reader.close()
