@@ -830,3 +830,23 @@ def test_every_row_builder_matches_its_columns_and_table() -> None:
     # A touchpoint without properties still builds a full row.
     bare = enriched(touchpoint("e2", "page_viewed", T0, anonymous_id="c1"))
     assert len(rows.enriched_row(bare)) == len(rows.TABLES[avro.ENRICHED][1])
+
+
+def test_processes_racing_for_the_dead_letter_key_all_get_the_same_complete_key(tmp_path) -> None:
+    import multiprocessing
+
+    from streams.deadletter.sealing import Sealer
+
+    settings = Settings(data_dir=str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(8) as pool:
+        key_ids = pool.map(_key_id_of, [settings] * 32)
+    assert set(key_ids) == {Sealer.from_settings(settings).key_id}
+    assert oct((tmp_path / "dead-letter.key").stat().st_mode & 0o777) == "0o600"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dead-letter.key"]  # no candidates left
+
+
+def _key_id_of(settings: Settings) -> str:
+    from streams.deadletter.sealing import Sealer
+
+    return Sealer.from_settings(settings).key_id

@@ -40,13 +40,23 @@ class Sealer:
 
 
 def _local_key(path: Path) -> bytes:
-    """A per-installation key for the embedded default, created once, mode 0600."""
+    """A per-installation key for the embedded default, created once, mode 0600.
+
+    Several workers start at once and may all find no key: each writes a
+    complete candidate to its own temporary file and hard-links it into
+    place; link() is atomic and fails if the key exists, so every process
+    reads the one key that won, never a half-written file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return base64.b64decode(path.read_bytes())
-    with os.fdopen(fd, "wb") as fh:
-        key = AESGCM.generate_key(bit_length=256)
-        fh.write(base64.b64encode(key))
-    return key
+    if not path.exists():
+        candidate = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(base64.b64encode(AESGCM.generate_key(bit_length=256)))
+        try:
+            os.link(candidate, path)
+        except FileExistsError:
+            pass  # another process won the race: use its key
+        finally:
+            os.unlink(candidate)
+    return base64.b64decode(path.read_bytes())
