@@ -13,6 +13,12 @@ RAW_RECORDS = Counter("touchline_raw_records_total", "Records read from the raw 
 EVENTS_INGESTED = Counter(
     "touchline_events_ingested_total", "Touchpoints accepted by ingestion", ["channel"]
 )
+INGEST_OUTCOMES = Counter(
+    "touchline_ingest_outcomes_total",
+    "Raw records by outcome (accepted, dead_letter, duplicate), channel, event type and dead-letter reason",
+    ["channel", "type", "outcome", "reason"],
+)
+DEDUP_IDS = Gauge("touchline_dedup_event_ids", "Event ids held by the duplicate filter", ["partition"])
 DEAD_LETTERS = Counter("touchline_dead_letters_total", "Records sent to the dead-letter topic", ["reason"])
 CLOCK_TICKS = Counter("touchline_clock_ticks_total", "Clock-tick control records applied")
 DUPLICATES = Counter("touchline_duplicates_dropped_total", "Touchpoints dropped as repeats of an event id")

@@ -44,6 +44,14 @@ class Settings:
     # raw topic (simulations and tests drive it).
     clock: str = "wall"
     dead_letter_key: str = ""  # base64 AES-256 key; empty: a key file under data_dir
+    # Ingestion
+    identifier_salt: str = ""  # salt of phone/email hashes; empty: a salt file under data_dir
+    default_country_code: str = "+86"  # for phone numbers without one
+    max_record_bytes: int = 65536  # larger raw records are dead-lettered as oversize
+    max_future_skew_s: float = 86400.0  # event time may be this far after receive time
+    max_event_age_s: float = 30 * 86400.0  # live events older than this are rejected (imports are exempt)
+    dedup_window_s: float = 86400.0  # a repeated event id within this much stream time is dropped
+    dedup_max_ids: int = 1_000_000  # per identity partition; the oldest batches go first
     # Sink
     sink_batch_rows: int = 20000
     sink_flush_interval_s: float = 1.0

@@ -28,6 +28,7 @@ from streams.processes import Supervisor
 from streams.settings import Settings
 from streams.tally import TopicReader
 from streams.topics import RAW
+from streams.touchpoint import record
 
 T0 = 1_793_462_400_000  # 2026-11-01T00:00:00+08:00
 
@@ -125,15 +126,15 @@ def stack_factory(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[.
 
 
 def touchpoint(event_id: str, kind: str, t_ms: int, channel: str = "web", **fields: Any) -> dict[str, Any]:
-    """A Touchpoint record with only what a test cares about filled in."""
-    ids = dict.fromkeys(("anonymous_id", "device_id", "member_id", "phone", "email", "wechat_openid",
-                         "wechat_unionid", "platform_buyer_id", "pos_card"))
-    ids.update(fields.pop("identifiers", {}))
-    return {
-        "event_id": event_id, "type": kind, "event_time_ms": t_ms, "receive_time_ms": t_ms,
-        "channel": channel, "identifiers": ids, "context": None, "properties": fields.pop("properties", None),
-        "historical": fields.pop("historical", False), **fields,
-    }
+    """A Touchpoint record with only what a test cares about filled in.
+
+    ``properties`` go into the type's family record; keys that family lacks are ignored.
+    """
+    props = fields.pop("properties", None)
+    if props is not None:
+        props = {k: v for k, v in props.items() if k in record.family_fields(kind)}
+    return record.build(event_id, kind, t_ms, channel, identifiers=fields.pop("identifiers", {}),
+                        properties_=props, **fields)
 
 
 def encoded(event: dict[str, Any]) -> tuple[bytes, bytes]:

@@ -29,12 +29,27 @@ from streams.features import counters
 from streams.identity.links import person_id_for, resolve
 from streams.ingest import control
 from streams.ingest.batcher import IngestBatcher, RawRecord
-from streams.ingest.validate import MAX_FUTURE_SKEW_MS, Rejected, accept, check, route_key
+from streams.ingest.validate import Policy, Rejected, route_key
+from streams.ingest.validate import accept as accept_with
+from streams.ingest.validate import check as check_with
 from streams.settings import ENV_PREFIX, Settings, SettingsError
 from streams.sink import clickhouse, rows
 from streams.topics import partition_for
+from streams.touchpoint import record
 from streams.touchpoint.taxonomy import IDENTIFY_TYPES, JUNK_VALUES, ROUTE_IDENTIFIERS, is_junk
 from streams.triggers import cart_abandon
+
+POLICY = Policy(salt=b"test-salt")
+MAX_FUTURE_SKEW_MS = POLICY.max_future_skew_ms
+
+
+def accept(data: bytes | None) -> Any:
+    return accept_with(data, POLICY)
+
+
+def check(event: dict[str, Any]) -> Rejected | None:
+    return check_with(event, POLICY)
+
 
 FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 T0 = 1_793_462_400_000
@@ -45,19 +60,11 @@ ID_FIELDS = ("anonymous_id", "device_id", "member_id", "phone", "email", "wechat
 def touchpoint(event_id: str, kind: str, t_ms: int, *, channel: str = "web",
                properties: dict[str, Any] | None = None, historical: bool = False,
                **identifiers: str | None) -> dict[str, Any]:
-    ids: dict[str, str | None] = dict.fromkeys(ID_FIELDS)
-    ids.update(identifiers)
-    props = None
+    """A Touchpoint; ``properties`` go into the type's family record (other keys are ignored)."""
     if properties is not None:
-        props = dict.fromkeys(("product_id", "category", "price", "quantity", "cart_id", "order_id",
-                               "revenue", "currency", "coupon_id", "points"))
-        props.update(properties)
-    return {
-        "event_id": event_id, "type": kind, "event_time_ms": t_ms, "receive_time_ms": t_ms,
-        "channel": channel, "source_app": None, "store_id": None, "guide_id": None,
-        "referrer_id": None, "identifiers": ids, "context": None, "properties": props,
-        "historical": historical,
-    }
+        properties = {k: v for k, v in properties.items() if k in record.family_fields(kind)}
+    return record.build(event_id, kind, t_ms, channel, identifiers=identifiers, properties_=properties,
+                        historical=historical)
 
 
 def enriched(tp: dict[str, Any], person_id: str = "p-1", member_id: str | None = None) -> dict[str, Any]:
@@ -524,21 +531,22 @@ def test_route_key_priority_and_junk_skipped() -> None:
 def test_junk_identifiers_are_rejected(kind: str, junk: str, pad: str) -> None:
     tp = touchpoint("e1", "page_viewed", T0, **{kind: pad + junk.upper() + pad})
     problem = accept(avro.encode(avro.TOUCHPOINT, tp))
-    assert isinstance(problem, Rejected) and problem.reason == "invalid_event"
+    assert isinstance(problem, Rejected) and problem.reason == "no_identifier"
     assert "identifier" in problem.detail
 
 
-@pytest.mark.parametrize(("change", "needle"), [
-    ({"event_id": "undefined"}, "event_id"),
-    ({"type": "teleported"}, "event type"),
-    ({"channel": "fax"}, "channel"),
-    ({"event_time_ms": 0}, "positive"),
-    ({"event_time_ms": T0 + MAX_FUTURE_SKEW_MS + 1}, "day"),
+@pytest.mark.parametrize(("change", "reason", "needle"), [
+    ({"event_id": "undefined"}, "missing_field", "event_id"),
+    ({"type": "teleported"}, "unknown_event_type", "custom"),
+    ({"channel": "fax"}, "unknown_channel", "channel"),
+    ({"event_time_ms": 0}, "event_time_too_old", "not a time"),
+    ({"event_time_ms": T0 + MAX_FUTURE_SKEW_MS + 1}, "event_time_future", "after its receive time"),
+    ({"event_time_ms": T0 - POLICY.max_event_age_ms - 1}, "event_time_too_old", "touchline import"),
 ])
-def test_check_rejects_bad_events(change: dict[str, Any], needle: str) -> None:
+def test_check_rejects_bad_events(change: dict[str, Any], reason: str, needle: str) -> None:
     tp = touchpoint("e1", "page_viewed", T0, anonymous_id="c1") | change
     problem = check(tp)
-    assert problem is not None and problem.reason == "invalid_event" and needle in problem.detail
+    assert problem is not None and problem.reason == reason and needle in problem.detail
     assert check(touchpoint("e1", "page_viewed", T0, anonymous_id="c1")) is None
     assert check(touchpoint("e1", "page_viewed", T0 + MAX_FUTURE_SKEW_MS, anonymous_id="c1") | {"receive_time_ms": T0}) is None
 
@@ -569,8 +577,8 @@ def tick(partition: int, t: int) -> RawRecord:
        st.integers(1, 8))
 def test_routing_by_route_key_is_stable(recs: list[tuple[int, str, str]], partitions: int) -> None:
     records = [raw(p, i, touchpoint(f"e{i}", "page_viewed", T0 + i, **{kind: v})) for i, (p, v, kind) in enumerate(recs)]
-    b1 = IngestBatcher(partitions, ManualClock(), manual_clock=True)
-    b2 = IngestBatcher(partitions, ManualClock(), manual_clock=True)
+    b1 = IngestBatcher(partitions, ManualClock(), manual_clock=True, policy=POLICY)
+    b2 = IngestBatcher(partitions, ManualClock(), manual_clock=True, policy=POLICY)
     whole = b1.route(records)
     halves = [b2.route(records[::2]), b2.route(records[1::2])]  # other batching, other order
 
@@ -593,7 +601,7 @@ def test_routing_by_route_key_is_stable(recs: list[tuple[int, str, str]], partit
 
 
 def test_batcher_dead_letters_junk_and_garbage_and_counts_channels() -> None:
-    b = IngestBatcher(4, ManualClock(), manual_clock=False)
+    b = IngestBatcher(4, ManualClock(), manual_clock=False, policy=POLICY)
     routed = b.route([
         raw(0, 0, touchpoint("e1", "page_viewed", T0, channel="app", anonymous_id="c1")),
         raw(0, 1, touchpoint("e2", "page_viewed", T0, anonymous_id="guest", device_id="0")),
@@ -602,23 +610,23 @@ def test_batcher_dead_letters_junk_and_garbage_and_counts_channels() -> None:
     ])
     assert routed.accepted == 1 and routed.channels == {"app": 1}
     assert [(d.record.offset, d.reason) for d in routed.dead] == [
-        (1, "invalid_event"), (7, "not_wire_format"), (8, "not_wire_format")]
+        (1, "no_identifier"), (7, "not_wire_format"), (8, "not_wire_format")]
 
 
 def test_ticks_move_time_only_in_manual_mode() -> None:
-    manual = IngestBatcher(2, ManualClock(), manual_clock=True)
+    manual = IngestBatcher(2, ManualClock(), manual_clock=True, policy=POLICY)
     r = manual.route([tick(0, T0), tick(0, T0 - 5), tick(1, T0 + 9)])
     assert (r.ticks, r.accepted, r.dead) == (3, 0, [])
     assert manual.stream_times() == {"0": T0, "1": T0 + 9}
 
-    wall = IngestBatcher(2, ManualClock(1000), manual_clock=False)
+    wall = IngestBatcher(2, ManualClock(1000), manual_clock=False, policy=POLICY)
     r = wall.route([tick(0, T0), tick(1, T0)])
     assert (r.ticks, r.accepted, r.dead) == (0, 0, [])  # ignored: not events, not dead letters
     assert wall.stream_times({0, 1}) == {"0": 1000, "1": 1000}
 
 
 def test_tick_lookalikes_are_not_ticks() -> None:
-    b = IngestBatcher(2, ManualClock(), manual_clock=True)
+    b = IngestBatcher(2, ManualClock(), manual_clock=True, policy=POLICY)
     r = b.route([
         RawRecord(0, 0, control.tick_value(T0), None),  # no header
         RawRecord(0, 1, control.tick_value(T0)[:7], control.tick_headers()),  # wrong length
@@ -630,7 +638,7 @@ def test_tick_lookalikes_are_not_ticks() -> None:
 
 def test_stream_times_floor_is_the_clock_in_wall_mode_and_lateness_is_subtracted() -> None:
     clock = ManualClock(T0)
-    b = IngestBatcher(4, clock, manual_clock=False, lateness_ms=500)
+    b = IngestBatcher(4, clock, manual_clock=False, lateness_ms=500, policy=POLICY)
     assert b.stream_times({0, 2}) == {"0": T0 - 500, "2": T0 - 500}
     b.route([raw(0, 0, touchpoint("e1", "page_viewed", T0 + 10_000, anonymous_id="c1")),
              raw(0, 1, touchpoint("e2", "page_viewed", T0 + 5_000, anonymous_id="c1"))])
@@ -639,7 +647,7 @@ def test_stream_times_floor_is_the_clock_in_wall_mode_and_lateness_is_subtracted
     assert b.stream_times({0, 2}) == {"0": T0 + 60_000 - 500, "2": T0 + 60_000 - 500}
     assert b.stream_times() == {"0": T0 + 60_000 - 500}  # default: partitions seen
 
-    m = IngestBatcher(4, ManualClock(T0 * 2), manual_clock=True, lateness_ms=500)
+    m = IngestBatcher(4, ManualClock(T0 * 2), manual_clock=True, lateness_ms=500, policy=POLICY)
     m.route([raw(1, 0, touchpoint("e1", "page_viewed", T0, anonymous_id="c1"))])
     assert m.stream_times() == {"1": T0 - 500}  # the clock is not a floor in manual mode
 
@@ -648,7 +656,7 @@ def test_stream_times_floor_is_the_clock_in_wall_mode_and_lateness_is_subtracted
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 10**6)), max_size=15), st.integers(0, 10**6),
        st.integers(0, 1000))
 def test_stream_time_is_max_of_event_times_and_clock(evs: list[tuple[int, int]], now: int, lateness: int) -> None:
-    b = IngestBatcher(3, ManualClock(now), manual_clock=False, lateness_ms=lateness)
+    b = IngestBatcher(3, ManualClock(now), manual_clock=False, lateness_ms=lateness, policy=POLICY)
     b.route([raw(p, i, touchpoint(f"e{i}", "page_viewed", t, anonymous_id="c1")) for i, (p, t) in enumerate(evs)])
     want = {str(p): max([t for q, t in evs if q == p] + [now]) - lateness for p in range(3)}
     assert b.stream_times({0, 1, 2}) == want

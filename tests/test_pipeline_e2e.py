@@ -41,7 +41,7 @@ def test_journeys_stitch_identity_and_fire_one_cart_abandon(stack_factory) -> No
     anon = {"anonymous_id": "cookie-abandon"}
     abandoner = [
         touchpoint("a1", "page_viewed", T0, identifiers=anon),
-        touchpoint("a2", "product_viewed", T0 + 1 * MIN, identifiers=anon),
+        touchpoint("a2", "product_viewed", T0 + 1 * MIN, identifiers=anon, properties={"product_id": "sku-1"}),
         touchpoint("a3", "login", T0 + 2 * MIN, identifiers={**anon, "member_id": "M100"}),
         touchpoint("a4", "product_added", T0 + 3 * MIN, identifiers=anon, properties=_cart("cart-A")),
     ]
@@ -115,7 +115,7 @@ def test_malformed_bytes_go_to_dead_letters_and_the_worker_keeps_running(stack_f
     tally = stack.wait_for(reader, lambda t: len(t.event_ids) == 2 and len(t.dead_letters) == 5)
     reader.close()
     assert sorted(tally.dead_letters.values()) == [
-        "invalid_event", "invalid_event", "not_wire_format", "not_wire_format", "unknown_schema"]
+        "no_identifier", "not_wire_format", "not_wire_format", "unknown_channel", "unknown_schema"]
     assert tally.event_ids == {"g1", "g2"}
     # The original bytes travel sealed: unreadable on the topic, recoverable with the key.
     sealer = Sealer.from_settings(stack.settings)
@@ -128,3 +128,7 @@ def test_malformed_bytes_go_to_dead_letters_and_the_worker_keeps_running(stack_f
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=10).read().decode()
     assert 'touchline_dead_letters_total{reason="not_wire_format"} 2.0' in scraped
     assert 'touchline_events_ingested_total{channel="web"} 2.0' in scraped
+    assert ('touchline_ingest_outcomes_total{channel="web",outcome="accepted",reason="",type="page_viewed"} 2.0'
+            in scraped)
+    assert ('touchline_ingest_outcomes_total{channel="unknown",outcome="dead_letter",reason="unknown_channel",'
+            'type="page_viewed"} 1.0' in scraped)

@@ -24,8 +24,11 @@ from streams.ingest import validate
 from streams.simulate import journeys
 from streams.simulate.producer import write_truth
 from streams.simulate.traffic import MALFORMED, SimConfig, SimRecord, Traffic, generate
+from streams.touchpoint.record import props
 from streams.touchpoint.taxonomy import CHANNELS, EVENT_TYPES, is_junk
 from streams.triggers import cart_abandon
+
+POLICY = validate.Policy(salt=b"test-salt")
 
 SMALL = SimConfig(persons=60, events=3000, malformed_rate=0.02, late_rate=0.03, duplicate_rate=0.02)
 SHARED = SimConfig(persons=60, events=3000, malformed_rate=0.02, late_rate=0.03, duplicate_rate=0.02,
@@ -94,7 +97,7 @@ def test_same_config_gives_identical_bytes_and_truth() -> None:
 
 def test_valid_records_decode_pass_checks_and_use_the_taxonomy() -> None:
     for rec, event in decoded(small()):
-        assert validate.check(event) is None, event
+        assert validate.check(event, POLICY) is None, event
         assert event["type"] in EVENT_TYPES and event["channel"] in CHANNELS
         assert rec.key == str(validate.route_key(event["identifiers"])).encode()
         assert 0 <= event["receive_time_ms"] - event["event_time_ms"]
@@ -117,7 +120,7 @@ def test_every_malformed_record_gets_its_dead_letter_reason() -> None:
     bad = [r for r in small().records if r.kind == "malformed"]
     reasons: Counter[str] = Counter()
     for rec in bad:
-        outcome = validate.accept(rec.value)
+        outcome = validate.accept(rec.value, POLICY)
         assert isinstance(outcome, validate.Rejected), rec
         reasons[outcome.reason] += 1
     assert dict(reasons) == truth.malformed_by_reason
@@ -153,7 +156,7 @@ def test_counts_add_up() -> None:
     assert truth.orders == truth.events_by_type["order_completed"]
     assert truth.end_time_ms == max(e["event_time_ms"] for e in events)
     assert truth.abandoned_carts == len(truth.abandoned_cart_ids) > 0
-    assert truth.carts == len({e["properties"]["cart_id"] for e in events if e["type"] == "product_added"})
+    assert truth.carts == len({props(e)["cart_id"] for e in events if e["type"] == "product_added"})
     assert abs(truth.events_valid_distinct - SMALL.events) < 50  # stops once the target is reached
     assert json.loads(json.dumps(truth.to_dict())) == truth.to_dict()
 
@@ -171,8 +174,8 @@ def test_abandoned_carts_are_really_abandoned_and_others_convert_within_10_minut
     adds: dict[str, list[dict[str, Any]]] = {}
     for e in events:
         if e["type"] == "product_added":
-            adds.setdefault(e["properties"]["cart_id"], []).append(e)
-    by_cart = {(e["type"], (e["properties"] or {}).get("cart_id")) for e in events}
+            adds.setdefault(props(e)["cart_id"], []).append(e)
+    by_cart = {(e["type"], props(e).get("cart_id")) for e in events}
     orders = [e for e in events if e["type"] == "order_completed"]
     abandoned = set(traffic.truth.abandoned_cart_ids)
     assert abandoned <= set(adds)
@@ -185,7 +188,7 @@ def test_abandoned_carts_are_really_abandoned_and_others_convert_within_10_minut
             assert not [o for o in orders if person(o) in who
                         and last < o["event_time_ms"] <= last + config.cart_abandon_delay_ms]
         else:
-            (order,) = [o for o in orders if o["properties"]["cart_id"] == cart_id]
+            (order,) = [o for o in orders if props(o)["cart_id"] == cart_id]
             assert last < order["event_time_ms"] <= last + 10 * MINUTE
 
 
@@ -220,18 +223,18 @@ def test_any_small_config_is_consistent(seed: int, persons: int, events: int, sh
     assert traffic.records == generate(config).records
     truth = traffic.truth
     valid = decoded(traffic)
-    assert all(validate.check(e) is None for _, e in valid)
+    assert all(validate.check(e, POLICY) is None for _, e in valid)
     assert truth.records_sent == len(traffic.records) == truth.events_valid_distinct + truth.duplicates + truth.malformed
     assert truth.expected_persons == persons_by_rule([e for _, e in valid])
     expected = Counter(MALFORMED[k % len(MALFORMED)][1] for k in range(truth.malformed))
-    reasons = Counter(validate.accept(r.value).reason for r in traffic.records if r.kind == "malformed")  # type: ignore[union-attr]
+    reasons = Counter(validate.accept(r.value, POLICY).reason for r in traffic.records if r.kind == "malformed")  # type: ignore[union-attr]
     assert reasons == expected == Counter(truth.malformed_by_reason)
 
 
 def test_junk_identifier_record_really_is_junk() -> None:
     junk = [avro.decode_as(avro.TOUCHPOINT, r.value) for r in small().records if r.kind == "malformed"
-            and r.key is None and r.value[:1] == b"\x00" and isinstance(validate.accept(r.value), validate.Rejected)
-            and validate.accept(r.value).detail.startswith("no usable identifier")]  # type: ignore[union-attr]
+            and r.key is None and r.value[:1] == b"\x00" and isinstance(validate.accept(r.value, POLICY), validate.Rejected)
+            and validate.accept(r.value, POLICY).detail.startswith("no usable identifier")]  # type: ignore[union-attr]
     assert junk and all(all(is_junk(v) for v in e["identifiers"].values()) for e in junk)
 
 
@@ -242,8 +245,6 @@ def test_nested_records_name_every_schema_field() -> None:
         return tuple(f["name"] for f in schema["fields"])
 
     assert names("Identifiers") == journeys.ID_FIELDS
-    assert names("Context") == journeys.CONTEXT_FIELDS
-    assert names("Properties") == journeys.PROPERTY_FIELDS
 
 
 def test_config_rejects_nonsense() -> None:
@@ -321,7 +322,7 @@ def test_expected_persons_and_over_merge_follow_the_rule_with_shared_devices() -
 def test_carts_on_shared_devices_carry_the_member_id() -> None:
     events = [e for _, e in decoded(shared())]
     users = humans_per_cookie(events, owners(SHARED)[0])
-    carts = [e for e in events if e["properties"] and e["properties"]["cart_id"]
+    carts = [e for e in events if props(e).get("cart_id")
              and len(users[e["identifiers"]["anonymous_id"]]) >= 2]
     assert carts  # the config is busy enough to put carts on shared devices
     assert all(e["identifiers"]["member_id"] for e in carts)

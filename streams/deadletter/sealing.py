@@ -36,11 +36,18 @@ class Sealer:
     def from_settings(cls, settings: Settings) -> Sealer:
         if settings.dead_letter_key:
             return cls(base64.b64decode(settings.dead_letter_key))
-        return cls(_local_key(settings.data_path / "dead-letter.key"))
+        return cls(local_secret(settings.data_path / "dead-letter.key"))
 
 
-def _local_key(path: Path) -> bytes:
-    """A per-installation key for the embedded default, created once, mode 0600.
+def identifier_salt(settings: Settings) -> bytes:
+    """The salt of phone/email hashes: configured, or a per-installation file."""
+    if settings.identifier_salt:
+        return settings.identifier_salt.encode()
+    return local_secret(settings.data_path / "identifier.salt")
+
+
+def local_secret(path: Path) -> bytes:
+    """A per-installation secret for the embedded default, created once, mode 0600.
 
     Several workers start at once and may all find no key: each writes a
     complete candidate to its own temporary file and hard-links it into

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams.touchpoint.record import props
 from streams.touchpoint.taxonomy import PAGE_TYPES
 
 RECENT_IDS = 64
@@ -38,8 +39,8 @@ def apply_event(state: dict[str, Any], enriched: dict[str, Any]) -> bool:
         state["cart_adds"] += 1
     elif t == "order_completed":
         state["orders"] += 1
-        props = tp.get("properties") or {}
-        state["revenue"] += float(props.get("revenue") or 0.0)
+        order = props(tp)
+        state["revenue"] += float(order.get("revenue") or order.get("total") or 0.0)
     when = tp["event_time_ms"]
     state["first_seen_ms"] = when if not state["first_seen_ms"] else min(state["first_seen_ms"], when)
     state["last_seen_ms"] = max(state["last_seen_ms"], when)

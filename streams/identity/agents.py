@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Any
 
 from streams import avro, metrics, streamtime
+from streams.identity.dedup import Dedup
 from streams.identity.links import Merge, resolve
 from streams.pipeline import Pipeline
 from streams.topics import ENRICHED, IDENTITY_CHANGES, INGESTED, PERSON_OPS, partition_for
-
-RECENT_EVENT_IDS = 200_000  # per worker: drops producer retries and duplicate sends
 
 
 def register(p: Pipeline) -> None:
     links = p.table("identity-links")
     # Per identity partition: latest stream time heard from each raw partition.
     clocks = p.table("identity-clocks")
+    # One entry per ingested batch: the event ids it introduced (streams/identity/dedup.py).
+    seen = p.table("identity-dedup")
     n = p.settings.partitions
-    recent: OrderedDict[str, None] = OrderedDict()
+    dedup = Dedup(int(p.settings.dedup_window_s * 1000), p.settings.dedup_max_ids)
+
+    @p.app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget(app: Any, revoked: Any, **kwargs: Any) -> None:
+        for tp in revoked:
+            dedup.forget(tp.partition)
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
     ops_topic = p.topic(PERSON_OPS)
 
@@ -32,15 +38,24 @@ def register(p: Pipeline) -> None:
             batch = avro.decode_as(avro.INGESTED_BATCH, event.value)
             by_person_part: dict[int, list[dict[str, Any]]] = defaultdict(list)
             now_ms = int(time.time() * 1000)  # observation only: when it was processed
-            dropped = 0
-            for item in batch["events"]:
-                tp = item["touchpoint"]
-                if tp["event_id"] in recent:
-                    dropped += 1
+            watermark, moved = streamtime.advance(clocks, part, batch["raw_times"], n)
+            if not dedup.loaded(part):  # first batch since start or reassignment
+                dedup.load(part, seen.items())
+            items = batch["events"]
+            admitted = dedup.admit(
+                part, batch["batch_id"], [i["touchpoint"]["event_id"] for i in items],
+                [i["touchpoint"]["event_time_ms"] for i in items], watermark,
+            )
+            if admitted.entry is not None:
+                seen[admitted.entry[0]] = admitted.entry[1]
+            for key in admitted.expired:
+                seen.pop(key, None)
+            for item, keep in zip(items, admitted.keep, strict=True):
+                if not keep:
+                    tp = item["touchpoint"]
+                    metrics.INGEST_OUTCOMES.labels(tp["channel"], tp["type"], "duplicate", "").inc()
                     continue
-                recent[tp["event_id"]] = None
-                if len(recent) > RECENT_EVENT_IDS:
-                    recent.popitem(last=False)
+                tp = item["touchpoint"]
                 res = resolve(tp, item["route_key"], links)
                 enriched = {
                     "person_id": res.person_id, "member_id": res.member_id, "processed_at_ms": now_ms,
@@ -59,9 +74,8 @@ def register(p: Pipeline) -> None:
                         {"kind": "merge", "person_id": res.merge.from_person, "event": None,
                          "other_person": res.merge.into_person, "absorbed": None}
                     )
-            metrics.DUPLICATES.inc(dropped)
-
-            watermark, moved = streamtime.advance(clocks, part, batch["raw_times"], n)
+            metrics.DUPLICATES.inc(admitted.keep.count(False))
+            metrics.DEDUP_IDS.labels(str(part)).set(dedup.size(part))
             metrics.STREAM_TIME.labels("identity", str(part)).set(watermark)
             targets = range(n) if moved else sorted(by_person_part)
             for dest in targets:

@@ -14,7 +14,7 @@ from typing import Any
 
 from streams.clock import Clock
 from streams.ingest import control
-from streams.ingest.validate import Rejected, accept, route_key
+from streams.ingest.validate import Policy, Rejected, accept, route_key
 from streams.topics import partition_for
 
 
@@ -39,6 +39,8 @@ class Routed:
     dead: list[Dead] = field(default_factory=list)
     ticks: int = 0
     channels: Counter[str] = field(default_factory=Counter)
+    # (channel, type, outcome, reason) -> records, for touchline_ingest_outcomes_total
+    outcomes: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
 
     @property
     def accepted(self) -> int:
@@ -46,8 +48,10 @@ class Routed:
 
 
 class IngestBatcher:
-    def __init__(self, partitions: int, clock: Clock, manual_clock: bool, lateness_ms: int = 0) -> None:
+    def __init__(self, partitions: int, clock: Clock, manual_clock: bool, lateness_ms: int = 0,
+                 *, policy: Policy) -> None:
         self.partitions = partitions
+        self.policy = policy
         self.clock = clock
         self.manual_clock = manual_clock
         self.lateness_ms = lateness_ms
@@ -63,9 +67,10 @@ class IngestBatcher:
                     times[rec.partition] = max(times.get(rec.partition, 0), tick)
                     out.ticks += 1
                 continue
-            result = accept(rec.value)
+            result = accept(rec.value, self.policy)
             if isinstance(result, Rejected):
                 out.dead.append(Dead(rec, result.reason, result.detail))
+                out.outcomes[(result.channel, result.type, "dead_letter", result.reason)] += 1
                 continue
             key = route_key(result["identifiers"])
             assert key is not None  # accept() rejects events without one
@@ -74,6 +79,7 @@ class IngestBatcher:
                 "route_key": key, "touchpoint": result,
             })
             out.channels[result["channel"]] += 1
+            out.outcomes[(result["channel"], result["type"], "accepted", "")] += 1
             t = result["event_time_ms"]
             if t > times.get(rec.partition, 0):
                 times[rec.partition] = t

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
@@ -20,13 +21,23 @@ from confluent_kafka import KafkaError, TopicPartition
 from streams import avro, metrics
 from streams.clock import Clock, SystemClock
 from streams.deadletter import records as dead_letters
-from streams.deadletter.sealing import Sealer
+from streams.deadletter.sealing import Sealer, identifier_salt
 from streams.ingest.batcher import IngestBatcher, RawRecord
+from streams.ingest.validate import Policy
 from streams.kafka import clients
 from streams.settings import Settings
 from streams.topics import DEAD_LETTERS, INGESTED, RAW
 
 log = logging.getLogger(__name__)
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        salt=identifier_salt(settings), default_country=settings.default_country_code,
+        max_record_bytes=settings.max_record_bytes,
+        max_future_skew_ms=int(settings.max_future_skew_s * 1000),
+        max_event_age_ms=int(settings.max_event_age_s * 1000),
+    )
 
 
 class IngestService:
@@ -36,7 +47,7 @@ class IngestService:
         self.worker_id = worker_id
         self.batcher = IngestBatcher(
             settings.partitions, self.clock, settings.clock == "manual",
-            int(settings.allowed_lateness_s * 1000),
+            int(settings.allowed_lateness_s * 1000), policy=policy_from(settings),
         )
         self.sealer = Sealer.from_settings(settings)
         self._stop = threading.Event()
@@ -44,6 +55,9 @@ class IngestService:
         self._owned: set[int] = set()
         self._sent_times: dict[str, int] = {}
         self._seq = 0
+        # Batch ids must never repeat across restarts: the identity stage's
+        # duplicate filter tells a redelivered batch from a new one by its id.
+        self._run_id = uuid.uuid4().hex[:12]
         self.error: BaseException | None = None
 
     def start(self) -> None:
@@ -118,7 +132,7 @@ class IngestService:
         for dest in targets:
             self._seq += 1
             batch = {
-                "batch_id": f"ingest-{self.worker_id}-{self._seq}",
+                "batch_id": f"ingest-{self.worker_id}-{self._run_id}-{self._seq}",
                 "raw_times": times,
                 "events": routed.by_partition.get(dest, []),
             }
@@ -128,4 +142,6 @@ class IngestService:
         metrics.CLOCK_TICKS.inc(routed.ticks)
         for channel, n in routed.channels.items():
             metrics.EVENTS_INGESTED.labels(channel).inc(n)
+        for labels, n in routed.outcomes.items():
+            metrics.INGEST_OUTCOMES.labels(*labels).inc(n)
         metrics.STAGE_BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)

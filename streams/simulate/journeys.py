@@ -37,6 +37,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from streams.touchpoint.record import build
 from streams.touchpoint.taxonomy import CHANNELS, EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -60,9 +61,8 @@ PRODUCTS = 240
 EVENTS_PER_SESSION = 4.5
 ID_FIELDS = ("anonymous_id", "device_id", "member_id", "phone", "email", "wechat_openid",
              "wechat_unionid", "platform_buyer_id", "pos_card")
-CONTEXT_FIELDS = ("campaign", "referrer_url", "search_keyword", "city", "page_url", "consent_channel")
-PROPERTY_FIELDS = ("product_id", "category", "price", "quantity", "cart_id", "order_id", "revenue",
-                   "currency", "coupon_id", "points")
+OFFICIAL_ACCOUNT = "wx-brand-oa"
+PARTNERS = ("airline-miles", "coffee-club", "bank-card")
 
 
 @dataclass
@@ -76,11 +76,6 @@ class Human:
     buyer_id: str
     marketplace: str
     followed: bool = False
-
-
-def _blank(names: tuple[str, ...], values: dict[str, Any]) -> dict[str, Any]:
-    """A nested record with every field present (None unless given)."""
-    return {n: values.get(n) for n in names}
 
 
 class Journeys:
@@ -156,15 +151,12 @@ class Journeys:
         """Append one valid touchpoint at t; return the time of the human's next action."""
         if etype not in EVENT_TYPES or channel not in CHANNELS:
             raise ValueError(f"{etype!r} on {channel!r} is outside the taxonomy")
-        self.events.append({
-            "event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)), "type": etype,
-            "event_time_ms": t, "receive_time_ms": t + self.rng.randint(0, 3000), "channel": channel,
-            "source_app": SOURCE_APP.get(channel, h.marketplace), "store_id": None, "guide_id": None,
-            "referrer_id": None, "identifiers": _blank(ID_FIELDS, ids),
-            "context": _blank(CONTEXT_FIELDS, {"city": h.city, **(context or {})}),
-            "properties": None if props is None else _blank(PROPERTY_FIELDS, props),
-            "historical": False, **top,
-        })
+        self.events.append(build(
+            str(uuid.UUID(int=self.rng.getrandbits(128), version=4)), etype, t, channel,
+            receive_time_ms=t + self.rng.randint(0, 3000), identifiers=ids,
+            context={"city": h.city, **(context or {})}, properties_=props,
+            source_app=SOURCE_APP.get(channel, h.marketplace), **top,
+        ))
         self.active.add(h.idx)
         self.owner[self.events[-1]["event_id"]] = h.idx
         return t + self.rng.randint(5_000, 90_000)
@@ -194,7 +186,8 @@ class Journeys:
         page = "screen_viewed" if ch == "app" else "page_viewed"
         t = self.emit(h, ch, page, t, ids, {"page_url": f"/{ch}/home", "campaign": r.choice((None, "double11"))})
         if ch == "mini_program" and r.random() < 0.2:
-            t = self.emit(h, ch, "minigame_played", t, ids)
+            t = self.emit(h, ch, "minigame_played", t, ids, None,
+                          {"game_id": "spin-wheel", "points": r.choice((5, 10, 20))})
         seen = []
         for i in range(views + 1):
             if i == login_at:  # identify carries both the cookie and the member id: the link
@@ -203,8 +196,9 @@ class Journeys:
             if i == views:
                 break
             if r.random() < 0.3:
-                t = self.emit(h, ch, "products_searched", t, ids,
-                              {"search_keyword": r.choice(("basketball shoes", "dress", "serum", "coat"))})
+                keyword = r.choice(("basketball shoes", "dress", "serum", "coat"))
+                t = self.emit(h, ch, "products_searched", t, ids, {"search_keyword": keyword},
+                              {"query": keyword, "results": r.randint(0, 60)})
             pid, cat, price = self._product()
             seen.append((pid, cat, price))
             t = self.emit(h, ch, "product_viewed", t, ids, {"page_url": f"/p/{pid}"},
@@ -229,7 +223,7 @@ class Journeys:
             self.abandoned.append(cart_id)
             return last_add + self.cfg.cart_abandon_delay_ms  # away long enough for the reminder to be due
         t = last_add + r.randint(30_000, 240_000)
-        t = self.emit(h, ch, "checkout_started", t, ids, None, {"cart_id": cart_id, "revenue": revenue, "currency": "CNY"})
+        t = self.emit(h, ch, "checkout_started", t, ids, None, {"cart_id": cart_id, "value": revenue, "currency": "CNY"})
         return self._order(h, ch, ids, t, revenue, cart_id=cart_id)
 
     def _order(self, h: Human, ch: str, ids: dict[str, Any], t: int, revenue: float,
@@ -259,14 +253,18 @@ class Journeys:
             ids = {"wechat_openid": h.openid, "member_id": m}
             if not h.followed:
                 h.followed = True
-                t = self.emit(h, ch, "wechat_followed", t, ids)
-            t = self.emit(h, ch, "message_opened", t, ids)
+                t = self.emit(h, ch, "wechat_followed", t, ids, None, {"account_id": OFFICIAL_ACCOUNT})
+            t = self.emit(h, ch, "message_opened", t, ids, None, {"message_id": f"M{self.token(32)}",
+                                                                  "message_channel": "wechat"})
             return self.emit(h, ch, "page_viewed", t, ids, {"page_url": f"/article/{r.randrange(90)}"})
         if ch == "customer_service":
-            return self.emit(h, ch, "service_consulted", t, {"phone": h.phone, "member_id": m})
+            return self.emit(h, ch, "service_consulted", t, {"phone": h.phone, "member_id": m}, None,
+                             {"medium": r.choice(("chat", "call")), "topic": r.choice(("size", "delivery", "refund"))})
         if ch == "partner":
             return self.emit(h, ch, "points_exchanged", t, {"member_id": m}, None,
-                             {"points": r.choice((100, 200, 500))}, referrer_id=f"kol-{r.randrange(30)}")
+                             {"points": r.choice((100, 200, 500)), "partner": r.choice(PARTNERS)},
+                             referrer_id=f"kol-{r.randrange(30)}")
         ids = {"member_id": m, "phone": h.phone} if ch == "sms" else {"member_id": m, "email": f"{m}@example.com".lower()}
-        t = self.emit(h, ch, "message_opened", t, ids, {"campaign": "double11"})
-        return self.emit(h, ch, "message_clicked", t, ids, {"campaign": "double11"}) if r.random() < 0.5 else t
+        msg = {"message_id": f"M{self.token(32)}", "message_channel": ch, "campaign_id": "double11"}
+        t = self.emit(h, ch, "message_opened", t, ids, {"campaign": "double11"}, msg)
+        return self.emit(h, ch, "message_clicked", t, ids, {"campaign": "double11"}, msg) if r.random() < 0.5 else t

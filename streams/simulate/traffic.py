@@ -45,8 +45,8 @@ MALFORMED = (
     ("wrong_magic", "not_wire_format"),
     ("unknown_schema", "unknown_schema"),
     ("truncated", "avro_decode_error"),
-    ("unknown_channel", "invalid_event"),
-    ("junk_identifiers", "invalid_event"),
+    ("unknown_channel", "unknown_channel"),
+    ("junk_identifiers", "no_identifier"),
 )
 
 

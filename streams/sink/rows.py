@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streams import avro
+from streams.touchpoint.record import props as record_props
 
 
 def _ts(ms: int) -> datetime:
@@ -15,7 +16,7 @@ def _ts(ms: int) -> datetime:
 
 def enriched_row(r: dict[str, Any]) -> list[Any]:
     tp = r["touchpoint"]
-    props = tp.get("properties") or {}
+    props = record_props(tp)
     return [
         tp["event_id"], tp["type"], tp["channel"], _ts(tp["event_time_ms"]), _ts(tp["receive_time_ms"]),
         _ts(r["processed_at_ms"]), r["person_id"], r["member_id"], tp.get("store_id"), tp.get("source_app"),
