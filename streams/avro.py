@@ -225,7 +225,8 @@ def encode(name: str, record: dict[str, Any]) -> bytes:
 
 def _writer(schema_id: int) -> _Writer | None:
     if _registry is not None:
-        return _registry.writer(schema_id)
+        # Records written with fixed ids before a registry was configured still read.
+        return _registry.writer(schema_id) or _writers_by_id().get(schema_id)
     return _writers_by_id().get(schema_id)
 
 

@@ -121,6 +121,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from streams import avro
+
+    if args.freeze:
+        written = avro.freeze()
+        print("\n".join(f"froze {w}" for w in written) or "every schema is frozen: nothing changed")
+        return 0
+    for name in avro.all_contract_names():
+        versions = avro.versions(name)
+        latest = versions[-1][0] if versions else 0
+        changed = not versions or versions[-1][1] != avro.inlined(name)
+        note = "  (changed since: run `touchline schemas --freeze`)" if changed else ""
+        print(f"{name:48} v{latest:<3} id {avro.contract(name).schema_id:>10}{note}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from streams.run import run
 
@@ -169,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick", action="store_true", help="end with clock ticks past the last cart-abandon delay")
     p.add_argument("--truth", default=None, help="write the simulator's ground truth to this JSON file")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("schemas", help="list the Avro contracts with their versions and fixed schema ids")
+    p.add_argument("--freeze", action="store_true", help="write a new version file for each changed schema")
+    p.set_defaults(func=cmd_schemas)
 
     sub.add_parser("migrate", help="apply ClickHouse migrations (idempotent)").set_defaults(func=cmd_migrate)
     sub.add_parser("topics", help="create the Kafka topics of the registry (idempotent)").set_defaults(func=cmd_topics)

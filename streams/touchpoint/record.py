@@ -54,6 +54,10 @@ def blank(record: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
     return {n: values[n] if n in values else _default(f) for n, f in fields.items()}
 
 
+def family_name(event_type: str) -> str:
+    return FAMILY_OF[event_type]
+
+
 def family_fields(event_type: str) -> frozenset[str]:
     family = FAMILY_OF[event_type]
     return frozenset(_record_fields(_family_record_names()[family]))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from streams.touchpoint.record import props as record_props
+
 RULE = "cart_abandon"
 FIRED_MEMORY = 256
 
@@ -33,7 +35,7 @@ def on_event(state: dict[str, Any], enriched: dict[str, Any], delay_ms: int) -> 
     tp = enriched["touchpoint"]
     if tp["historical"]:
         return False
-    props = tp.get("properties") or {}
+    props = record_props(tp)
     cart_id = props.get("cart_id")
     kind = tp["type"]
     if enriched.get("member_id"):
