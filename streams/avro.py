@@ -51,6 +51,10 @@ MEMBER_FEATURES = "com.touchline.features.MemberFeatures"
 TRIGGER = "com.touchline.triggers.Trigger"
 INGESTED_BATCH = "com.touchline.internal.IngestedBatch"
 PERSON_BATCH = "com.touchline.internal.PersonBatch"
+STORE = "com.touchline.reference.Store"
+PRODUCT = "com.touchline.reference.Product"
+CAMPAIGN = "com.touchline.reference.Campaign"
+SPEND = "com.touchline.reference.Spend"
 
 
 class WireFormatError(ValueError):
