@@ -74,9 +74,32 @@ TRIGGERS = TopicSpec(
     "Live triggers fired, one per record, with deterministic trigger ids.",
 )
 
+# Reference data (``touchline load``): compacted, keyed by the natural id, one
+# partition each (small tables every worker reads whole; one partition keeps
+# them in load order).
+REF_STORES = TopicSpec(
+    "reference.stores", avro.STORE, "store_id",
+    "Stores: city, location, opening date (compacted).", compacted=True, partitioned=False,
+)
+REF_PRODUCTS = TopicSpec(
+    "reference.products", avro.PRODUCT, "product_id",
+    "Product catalog: category path, price, new-arrival flag, tags (compacted).",
+    compacted=True, partitioned=False,
+)
+REF_CAMPAIGNS = TopicSpec(
+    "reference.campaigns", avro.CAMPAIGN, "campaign_id",
+    "Campaign calendar (618, Double 11...) with warm-up and sale dates (compacted).",
+    compacted=True, partitioned=False,
+)
+REF_SPEND = TopicSpec(
+    "reference.spend", avro.SPEND, "day|channel|campaign_id",
+    "Marketing spend per channel, campaign and day (compacted).", compacted=True, partitioned=False,
+)
+REFERENCE_TOPICS: tuple[TopicSpec, ...] = (REF_STORES, REF_PRODUCTS, REF_CAMPAIGNS, REF_SPEND)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     RAW, DEAD_LETTERS, INGESTED, ENRICHED, IDENTITY_CHANGES, PERSON_OPS, FEATURED,
-    MEMBER_FEATURES, TRIGGERS,
+    MEMBER_FEATURES, TRIGGERS, *REFERENCE_TOPICS,
 )
 
 
