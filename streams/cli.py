@@ -112,6 +112,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from streams.reference.loader import LoadError, load
+    from streams.reference.rows import FileFormatError
+
+    s = _settings()
+    _need_broker(s)
+    try:
+        result = load(s, args.file, args.kind, allow_errors=args.allow_errors)
+    except (FileFormatError, OSError) as exc:
+        print(f"touchline load: {exc}", file=sys.stderr)
+        return 2
+    except LoadError as exc:
+        print(f"touchline load: {exc}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 1 if result.withheld else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from streams.report import clickhouse_summary
     from streams.sink.clickhouse import connect
@@ -201,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=60000)
     p.add_argument("--output", default="var/bench/latest.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("load", help="load a reference file (stores, products, calendar, spend) onto its compacted topic")
+    p.add_argument("file", help="CSV with a header or JSON Lines, optionally .gz (see README: Reference data)")
+    p.add_argument("--kind", required=True, choices=["stores", "products", "calendar", "spend"])
+    p.add_argument("--allow-errors", action="store_true",
+                   help="load the valid rows even if some are rejected (default: load nothing, exit 1)")
+    p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("report", help="print the KPI summary from ClickHouse")
     p.add_argument("--json", action="store_true", help="one line of JSON")
