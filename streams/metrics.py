@@ -1,8 +1,8 @@
 """Every Prometheus metric Touchline exports, declared once.
 
 Workers serve them at ``/metrics`` on their Faust web port; the sink on
-``TOUCHLINE_SINK_METRICS_PORT``. Counters are incremented per batch, not per
-event, to keep the hot path cheap.
+``TOUCHLINE_SINK_METRICS_PORT``; the HTTP collector on ``TOUCHLINE_COLLECTOR_PORT``.
+Counters are incremented per batch, not per event, to keep the hot path cheap.
 """
 
 from __future__ import annotations
@@ -33,3 +33,16 @@ STREAM_TIME = Gauge("touchline_stream_time_ms", "Event-time watermark per stage 
 SINK_ROWS = Counter("touchline_sink_rows_written_total", "Rows inserted into ClickHouse", ["table"])
 SINK_FAILURES = Counter("touchline_sink_insert_failures_total", "Failed ClickHouse inserts (retried)", ["table"])
 SINK_INSERT_SECONDS = Histogram("touchline_sink_insert_seconds", "Duration of one ClickHouse insert", ["table"])
+COLLECTOR_REQUESTS = Counter(
+    "touchline_collector_requests_total", "Requests to the HTTP collector by source and response status",
+    ["source", "status"],
+)
+COLLECTOR_EVENTS = Counter(
+    "touchline_collector_events_total",
+    "Events the HTTP collector acknowledged, by source, channel, type, outcome (accepted, dead_letter) and reason",
+    ["source", "channel", "type", "outcome", "reason"],
+)
+COLLECTOR_REQUEST_SECONDS = Histogram(
+    "touchline_collector_request_seconds", "Time to answer a batch, Kafka acknowledgement included",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)

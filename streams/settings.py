@@ -60,6 +60,12 @@ class Settings:
     web_port: int = 6066  # Faust web (and /metrics) of worker N is web_port + N
     sink_metrics_port: int = 9464
     log_level: str = "WARNING"
+    # HTTP collector (`touchline collect`)
+    collector_port: int = 8088  # POST /v1/batch, /healthz and /metrics
+    collector_write_keys: str = ""  # "source:key,source2:key2"; a source may have several keys
+    collector_max_body_bytes: int = 512 * 1024  # larger request bodies get 413
+    collector_max_batch: int = 500  # more events in one batch get 400
+    collector_delivery_timeout_s: float = 10.0  # Kafka must acknowledge within this, else 503
 
     @property
     def embedded(self) -> bool:
