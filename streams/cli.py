@@ -130,6 +130,20 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 1 if result.withheld else 0
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    from streams.collector.app import serve
+    from streams.collector.core import WriteKeyError
+
+    s = _settings()
+    if args.port is not None:
+        s = s.with_overrides(collector_port=args.port)
+    _need_broker(s)
+    try:
+        return serve(s)
+    except WriteKeyError as exc:
+        raise SystemExit(f"touchline collect: {exc}") from exc
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from streams.report import clickhouse_summary
     from streams.sink.clickhouse import connect
@@ -226,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-errors", action="store_true",
                    help="load the valid rows even if some are rejected (default: load nothing, exit 1)")
     p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("collect", help="the HTTP collector: POST /v1/batch of JSON touchpoints to the raw topic")
+    p.add_argument("--port", type=int, default=None, help="port (default TOUCHLINE_COLLECTOR_PORT, 8088)")
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("report", help="print the KPI summary from ClickHouse")
     p.add_argument("--json", action="store_true", help="one line of JSON")

@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -430,3 +434,41 @@ def test_kafka_unavailable_gives_503_and_retry(tmp_path: Path) -> None:
         assert time.monotonic() - started < 10
         assert scrape(running.url)[("touchline_collector_requests_total", (("source", "web"), ("status", "503")))] >= 1
         assert get(running.url + "/healthz")[0] == 200
+
+
+def test_touchline_collect_serves_and_stops_on_sigterm(topics_only: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, **topics_only.with_overrides(collector_write_keys=KEYS, collector_port=port).to_env(),
+           "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "collect.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "collect"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if get(url + "/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        status, body, _ = post(url, json.dumps({"batch": [ev("cli-1")]}).encode(), basic("wk-web-3f9a"))
+        assert (status, body["accepted"]) == (200, 1), body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "collector listening on 0.0.0.0:" in log.read_text()
+    got = read_topics(topics_only, [RAW.name(topics_only)])[RAW.name(topics_only)]
+    assert [avro.decode_as(avro.TOUCHPOINT, m.value())["event_id"] for m in got] == ["cli-1"]
+
+
+def test_collect_refuses_to_start_without_write_keys(topics_only: Settings) -> None:
+    env = {**os.environ, **topics_only.with_overrides(collector_port=free_port()).to_env()}
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "collect"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0 and "TOUCHLINE_COLLECTOR_WRITE_KEYS is empty" in done.stderr
