@@ -73,6 +73,11 @@ TRIGGERS = TopicSpec(
     "triggers.fired", avro.TRIGGER, "person_id",
     "Live triggers fired, one per record, with deterministic trigger ids.",
 )
+IMPORTS_LEDGER = TopicSpec(
+    "imports.ledger", "com.touchline.imports.ImportLedgerEntry", "file_sha256:mapping_sha256",
+    "Completed `touchline import`s of history: re-importing the same file with the same mapping "
+    "sends nothing (compacted).", compacted=True, partitioned=False,
+)
 
 # Reference data (``touchline load``): compacted, keyed by the natural id, one
 # partition each (small tables every worker reads whole; one partition keeps
@@ -99,7 +104,7 @@ REFERENCE_TOPICS: tuple[TopicSpec, ...] = (REF_STORES, REF_PRODUCTS, REF_CAMPAIG
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     RAW, DEAD_LETTERS, INGESTED, ENRICHED, IDENTITY_CHANGES, PERSON_OPS, FEATURED,
-    MEMBER_FEATURES, TRIGGERS, *REFERENCE_TOPICS,
+    MEMBER_FEATURES, TRIGGERS, IMPORTS_LEDGER, *REFERENCE_TOPICS,
 )
 
 
