@@ -144,6 +144,26 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise SystemExit(f"touchline collect: {exc}") from exc
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from streams.importer.files import FileFormatError
+    from streams.importer.mapping import MappingError
+    from streams.importer.service import DeliveryFailed, run_import
+
+    s = _settings()
+    if not args.dry_run:
+        _need_broker(s)
+    try:
+        result = run_import(s, args.file, args.mapping, force=args.force, dry_run=args.dry_run)
+    except (MappingError, FileFormatError, OSError) as exc:
+        print(f"touchline import: {exc}", file=sys.stderr)
+        return 2
+    except (DeliveryFailed, TimeoutError) as exc:
+        print(f"touchline import: {exc}; no ledger entry was written, run it again", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from streams.report import clickhouse_summary
     from streams.sink.clickhouse import connect
@@ -244,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="the HTTP collector: POST /v1/batch of JSON touchpoints to the raw topic")
     p.add_argument("--port", type=int, default=None, help="port (default TOUCHLINE_COLLECTOR_PORT, 8088)")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("import", help="import history (ERP, CRM, POS, web exports) as historical touchpoints")
+    p.add_argument("file", help="CSV, JSON Lines (.jsonl/.ndjson; either optionally .gz) or Parquet")
+    p.add_argument("--mapping", required=True, help="TOML mapping of columns to fields (see README: Importing history)")
+    p.add_argument("--force", action="store_true", help="import even if the ledger says this file was imported")
+    p.add_argument("--dry-run", action="store_true", help="read, convert and count; send nothing (needs no broker)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("report", help="print the KPI summary from ClickHouse")
     p.add_argument("--json", action="store_true", help="one line of JSON")
