@@ -692,3 +692,19 @@ def test_import_result_summary_for_an_already_imported_file() -> None:
     assert avro.decode_as(IMPORTS_LEDGER.schema, ledger.encode(entry)[1]) == entry
     text = ImportResult("r.csv", "ab" * 32, "pos", already=entry).summary()
     assert text.startswith("r.csv: already imported on 2026-10-31 16:00:00 UTC") and "nothing to do" in text
+
+
+def test_the_readme_worked_example_imports_as_it_says(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Importing history", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```")[1::2]  # the fenced blocks' contents
+    csv_block = next(b for b in blocks if b.startswith("\nreceipt_no,"))
+    toml_block = next(b for b in blocks if b.startswith("toml\n"))
+    path = write(tmp_path / "pos-receipts-2026-11.csv", csv_block.lstrip("\n"))
+    mapping = write(tmp_path / "pos-receipts.toml", toml_block[len("toml\n"):])
+    result = run_import(Settings(data_dir=str(tmp_path / "var")), path, mapping, dry_run=True,
+                        clock=ManualClock(IMPORTED_AT), stderr=io.StringIO())
+    assert (result.rows, result.accepted, dict(result.rejected)) == (5, 4, {"invalid_field": 1})
+    assert result.first_rejections == ["invalid_field: pos-receipts-2026-11.csv:6: column 'amount' -> "
+                                       "properties.total: '12.5x' is not a number"]
+    assert "pos-receipts-2026-11.csv:6: column 'amount' -> properties.total: '12.5x' is not a number" in section
