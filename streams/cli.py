@@ -144,6 +144,40 @@ def cmd_collect(args: argparse.Namespace) -> int:
         raise SystemExit(f"touchline collect: {exc}") from exc
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from streams.deadletter import inspect, replay
+
+    s = _settings()
+    _need_broker(s)
+    sealer = inspect.configured_sealer(s)
+    no_key = ("touchline dlq: no dead-letter key: set TOUCHLINE_DEAD_LETTER_KEY, or TOUCHLINE_DATA_DIR to the "
+              "directory holding the workers' dead-letter.key")
+    try:
+        if args.dlq_command == "inspect":
+            if args.open and sealer is None:
+                raise SystemExit(no_key)
+            summary = inspect.summarise(
+                inspect.read_dead_letters(s), reasons=args.reason or (), sources=args.source or (),
+                open_with=sealer if args.open else None, configured_key_id=sealer.key_id if sealer else None,
+                limit=args.limit,
+            )
+            if args.open:
+                print(f"WARNING: {inspect.OPEN_WARNING}", file=sys.stderr)
+            print(json.dumps(summary, ensure_ascii=False) if args.json else inspect.render(summary))
+            return 0
+        if not (args.reason or args.id or args.source or args.all):
+            raise SystemExit("touchline dlq replay: say which dead letters: --reason, --source, --id (or --all)")
+        if sealer is None:
+            raise SystemExit(no_key)
+        result = replay.replay(s, sealer, reasons=args.reason or (), ids=args.id or (), sources=args.source or (),
+                               dry_run=args.dry_run, force=args.force)
+        print(json.dumps(result.as_json(), ensure_ascii=False) if args.json else replay.render(result))
+        return 1 if result.of("failed") else 0
+    except (inspect.TopicMissing, TimeoutError) as exc:
+        print(f"touchline dlq: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from streams.importer.files import FileFormatError
     from streams.importer.mapping import MappingError
@@ -264,6 +298,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="the HTTP collector: POST /v1/batch of JSON touchpoints to the raw topic")
     p.add_argument("--port", type=int, default=None, help="port (default TOUCHLINE_COLLECTOR_PORT, 8088)")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("dlq", help="dead letters: inspect what was rejected and why; replay them after a fix")
+    dlq = p.add_subparsers(dest="dlq_command", required=True)
+    q = dlq.add_parser("inspect", help="summarise the dead-letter topic: reasons, sources, times, sizes")
+    q.add_argument("--reason", action="append", help="only this reason (repeatable)")
+    q.add_argument("--source", action="append",
+                   help="only this source topic, or a family of them: collector, import/crm (repeatable)")
+    q.add_argument("--open", action="store_true",
+                   help="decrypt payloads with the configured key and preview them (may show personal data)")
+    q.add_argument("--json", action="store_true", help="the summary as one line of JSON")
+    q.add_argument("--limit", type=int, default=10, help="latest dead letters listed one by one (default 10)")
+    q = dlq.add_parser("replay", help="re-feed dead letters through ingestion (after a fix); safe to repeat")
+    q.add_argument("--reason", action="append", help="replay dead letters with this reason (repeatable)")
+    q.add_argument("--id", action="extend", nargs="+", metavar="DEAD_LETTER_ID", help="replay these dead letters")
+    q.add_argument("--source", action="append", help="replay dead letters from this source (repeatable)")
+    q.add_argument("--all", action="store_true", help="replay every dead letter")
+    q.add_argument("--dry-run", action="store_true", help="decrypt and convert, send nothing")
+    q.add_argument("--force", action="store_true",
+                   help="send even dead letters replayed before (skips reading the raw topic for earlier replays)")
+    q.add_argument("--json", action="store_true", help="the outcome as one line of JSON")
+    p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("import", help="import history (ERP, CRM, POS, web exports) as historical touchpoints")
     p.add_argument("file", help="CSV, JSON Lines (.jsonl/.ndjson; either optionally .gz) or Parquet")

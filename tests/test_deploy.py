@@ -27,7 +27,7 @@ from streams.topics import ALL_TOPICS
 # --- Names the code provides; update here when the code changes. -----------------
 # `touchline` subcommands. To be cross-checked against streams/cli.py's parser once
 # the CLI has landed.
-CLI_SUBCOMMANDS = {"run", "worker", "sink", "simulate", "migrate", "topics", "broker", "report", "bench", "load", "schemas", "collect", "import"}
+CLI_SUBCOMMANDS = {"run", "worker", "sink", "simulate", "migrate", "topics", "broker", "report", "bench", "load", "schemas", "collect", "import", "dlq"}
 # ClickHouse tables (streams/sink/migrations) dashboards may read -> columns they may use.
 CLICKHOUSE_TABLES = {
     "touchpoints_enriched": {"event_id", "event_type", "channel", "person_id", "member_id",
