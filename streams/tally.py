@@ -22,6 +22,7 @@ from streams.topics import DEAD_LETTERS, ENRICHED, IDENTITY_CHANGES, TRIGGERS
 @dataclass
 class Tally:
     event_ids: set[str] = field(default_factory=set)
+    enriched_records: Counter[str] = field(default_factory=Counter)  # per event id: >1 only on redelivery
     events_by_channel: Counter[str] = field(default_factory=Counter)
     person_of_event: dict[str, str] = field(default_factory=dict)
     merged_into: dict[str, str] = field(default_factory=dict)
@@ -32,6 +33,7 @@ class Tally:
     def add(self, name: str, r: dict[str, Any]) -> None:
         if name == avro.ENRICHED:
             tp = r["touchpoint"]
+            self.enriched_records[tp["event_id"]] += 1
             if tp["event_id"] not in self.event_ids:
                 self.event_ids.add(tp["event_id"])
                 self.events_by_channel[tp["channel"]] += 1

@@ -1,0 +1,205 @@
+"""Ingestion on the running pipeline: duplicates across a worker kill, and a
+fuzz of malformed input that must never kill a worker or lose a record."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import fastavro
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from fastavro.schema import parse_schema
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from streams import avro
+from streams.processes import scrape_total
+from streams.tally import TopicReader
+from streams.topics import INGESTED
+from streams.touchpoint.taxonomy import CHANNELS, EVENT_TYPES, JUNK_VALUES
+from tests.conftest import T0, encoded, touchpoint
+
+pytestmark = pytest.mark.e2e
+MIN = 60_000
+
+
+def _committed_up_to_end(settings: Any, topic: str, partitions: int) -> bool:
+    """True once the Faust app's group has committed every record of ``topic``."""
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.topic_prefix,
+                  "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
+        return all(ends[p] == 0 or committed[p] >= ends[p] for p in range(partitions))
+    finally:
+        c.close()
+
+
+def test_a_duplicate_sent_after_workers_are_killed_is_still_dropped(stack_factory) -> None:
+    stack = stack_factory(workers=2, sink=False)
+    original = touchpoint("dup-1", "page_viewed", T0, identifiers={"anonymous_id": "c-dup"})
+    others = [touchpoint(f"o{i}", "page_viewed", T0 + i, identifiers={"anonymous_id": f"c{i}"}) for i in range(20)]
+    stack.produce([encoded(original)] + [encoded(e) for e in others])
+    reader = TopicReader(stack.settings)
+    stack.wait_for(reader, lambda t: len(t.event_ids) == 21)
+    deadline = time.monotonic() + 60
+    while not _committed_up_to_end(stack.settings, INGESTED.name(stack.settings), stack.settings.partitions):
+        assert time.monotonic() < deadline, "identity never committed its input"
+        reader.poll()
+    for child in list(stack.supervisor.children):  # no goodbye: the dedup state must come from the changelog
+        os.kill(child.proc.pid, signal.SIGKILL)
+        child.proc.wait(10)
+        stack.supervisor.children.remove(child)
+    worker = stack.supervisor.start_worker(0)
+    after = touchpoint("after-1", "page_viewed", T0 + MIN, identifiers={"anonymous_id": "c-after"})
+    stack.produce([encoded(original), encoded(after)])  # a producer retry of dup-1, then news
+    tally = stack.wait_for(reader, lambda t: "after-1" in t.event_ids)
+    deadline = time.monotonic() + 60
+    while scrape_total(worker.port, 'touchline_ingest_outcomes_total{channel="web",outcome="duplicate"') < 1:
+        assert time.monotonic() < deadline, "the resend was never counted as a duplicate"
+        reader.poll()
+    reader.poll()
+    reader.close()
+    assert tally.enriched_records["dup-1"] == 1
+    assert scrape_total(worker.port, "touchline_duplicates_dropped_total") == 1
+
+
+# --------------------------------------------------------------------------- fuzz
+
+FUZZ_RECORDS = 10_000
+TOUCHPOINT_V2 = avro.contract(avro.TOUCHPOINT).parsed
+
+
+def _valid(i: int, t: int = T0) -> dict[str, Any]:
+    return touchpoint(f"ok-{i}", "page_viewed", t, identifiers={"anonymous_id": f"c-{i % 50}"})
+
+
+def _frame(body: bytes, schema_id: int | None = None) -> bytes:
+    sid = avro.contract(avro.TOUCHPOINT).schema_id if schema_id is None else schema_id
+    return b"\x00" + sid.to_bytes(4, "big") + body
+
+
+def _with_wrong_types() -> Any:
+    """Touchpoint's writer schema with event_time_ms as a string: bytes framed as a Touchpoint."""
+    schema = json.loads(json.dumps(avro.inlined(avro.TOUCHPOINT)))
+    for f in schema["fields"]:
+        if f["name"] == "event_time_ms":
+            f["type"] = "string"
+    return parse_schema(schema, named_schemas={})
+
+
+WRONG_TYPES = _with_wrong_types()
+KNOWN_IDS = {c.schema_id for c in avro.iter_contracts()}
+
+
+@st.composite
+def malformed(draw: Any) -> tuple[bytes, str | None]:
+    """(record bytes, the dead-letter reason it must get, or None if its outcome is not predictable)."""
+    kind = draw(st.sampled_from([
+        "random", "truncated", "unknown_schema", "wrong_schema", "wrong_types", "missing_field",
+        "absurd_future", "absurd_past", "junk_ids", "unknown_channel", "unknown_type", "bitflip",
+    ]))
+    i = draw(st.integers(0, 10**9))
+    good = _valid(i)
+    data = avro.encode(avro.TOUCHPOINT, good)
+    if kind == "random":
+        raw = draw(st.binary(min_size=0, max_size=64))
+        return (raw, "not_wire_format") if len(raw) < 5 or raw[0] != 0 else (raw, None)
+    if kind == "truncated":
+        return data[: draw(st.integers(5, len(data) - 1))], "avro_decode_error"
+    if kind == "unknown_schema":
+        sid = draw(st.integers(0, 2**31 - 1).filter(lambda s: s not in KNOWN_IDS))
+        return _frame(data[5:], sid), "unknown_schema"
+    if kind == "wrong_schema":
+        return avro.encode(avro.DEAD_LETTER, {
+            "dead_letter_id": "x", "reason": "r", "detail": "d", "source_topic": "t", "source_partition": 0,
+            "source_offset": 0, "failed_at_ms": 0, "payload_size": 0, "key_id": "k", "nonce": b"", "payload_encrypted": b""}), "wrong_schema"
+    if kind == "wrong_types":
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, WRONG_TYPES, {**good, "event_time_ms": draw(st.text(max_size=20))})
+        return _frame(buf.getvalue()), None
+    if kind == "missing_field":
+        bad = touchpoint(f"mf-{i}", "product_added", T0, identifiers={"anonymous_id": "c1"},
+                         properties={"cart_id": "", "product_id": "p"})
+        return avro.encode(avro.TOUCHPOINT, bad), "missing_field"
+    if kind == "absurd_future":
+        t = draw(st.integers(T0 + 2 * 86_400_000, 2**62))
+        return avro.encode(avro.TOUCHPOINT, {**good, "event_time_ms": t}), "event_time_future"
+    if kind == "absurd_past":
+        t = draw(st.integers(-(2**62), T0 - 400 * 86_400_000))
+        return avro.encode(avro.TOUCHPOINT, {**good, "event_time_ms": t}), "event_time_too_old"
+    if kind == "junk_ids":
+        junk = draw(st.sampled_from(sorted(JUNK_VALUES)))
+        ids = {k: (junk if v is not None else None) for k, v in good["identifiers"].items()} | {"device_id": junk}
+        return avro.encode(avro.TOUCHPOINT, {**good, "identifiers": ids}), "no_identifier"
+    if kind == "unknown_channel":
+        ch = draw(st.text(min_size=1, max_size=12).filter(lambda c: c not in CHANNELS))
+        return avro.encode(avro.TOUCHPOINT, {**good, "channel": ch}), "unknown_channel"
+    if kind == "unknown_type":
+        t = draw(st.text(min_size=1, max_size=12).filter(lambda c: c not in EVENT_TYPES))
+        return avro.encode(avro.TOUCHPOINT, {**good, "type": t}), "unknown_event_type"
+    pos = draw(st.integers(5, len(data) - 1))  # bitflip: may still decode; only accounted for
+    flipped = bytearray(data)
+    flipped[pos] ^= 1 << draw(st.integers(0, 7))
+    return bytes(flipped), None
+
+
+@pytest.mark.timeout(900)
+def test_ten_thousand_malformed_inputs_are_all_accounted_for_and_no_worker_dies(stack_factory) -> None:
+    stack = stack_factory(workers=2, sink=False)
+    records: list[tuple[bytes, str | None]] = []
+
+    # Hypothesis draws the inputs batch by batch (one example holds only so much data);
+    # they all go to partition 0 of the raw topic, so a record's offset is its position.
+    @settings(max_examples=100, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @given(st.lists(malformed(), min_size=60, max_size=120))
+    def feed(batch: list[tuple[bytes, str | None]]) -> None:
+        stack.produce([(None, value) for value, _ in batch], partition=0)
+        records.extend(batch)
+
+    while len(records) < FUZZ_RECORDS:
+        feed()
+    oversize = avro.encode(avro.TOUCHPOINT, touchpoint("big-1", "custom", T0, identifiers={"anonymous_id": "c1"},
+                           properties={"event_name": "blob", "attributes": {"x": "y" * 70_000}}))
+    records.append((oversize, "oversize"))
+    valid = [avro.encode(avro.TOUCHPOINT, _valid(FUZZ_RECORDS + i, T0 + i)) for i in range(200)]
+    resends = valid[:50]
+    stack.produce([(None, value) for value in [oversize, *valid, *resends]], partition=0)
+    stream = [r for r, _ in records] + valid + resends
+
+    reader = TopicReader(stack.settings)
+    ports = [c.port for c in stack.supervisor.children]
+
+    def duplicates() -> float:
+        return sum(scrape_total(p, "touchline_duplicates_dropped_total") for p in ports)
+
+    deadline = time.monotonic() + 240
+    while True:
+        reader.poll()
+        t = reader.tally
+        if len(t.dead_letters) + sum(t.enriched_records.values()) + duplicates() >= len(stream):
+            break
+        assert not stack.supervisor.check_alive(), "a worker died"
+        assert time.monotonic() < deadline, (len(t.dead_letters), len(t.event_ids), duplicates(), len(stream))
+    reader.poll()
+    reader.close()
+    t = reader.tally
+    assert stack.supervisor.check_alive() == []
+    # Every input is accounted for: accepted + dead-lettered + deduplicated = sent.
+    assert len(t.dead_letters) + sum(t.enriched_records.values()) + duplicates() == len(stream)
+    assert all(n == 1 for n in t.enriched_records.values())
+    # Every predictable input got its reason, found by its raw offset.
+    by_offset = {r["source_offset"]: r["reason"] for r in t.dead_letter_records.values()}
+    expected = {i: reason for i, (_, reason) in enumerate(records) if reason is not None}
+    assert {i: by_offset.get(i) for i in expected} == expected
+    assert {f"ok-{FUZZ_RECORDS + i}" for i in range(200)} <= t.event_ids
+    assert duplicates() >= len(resends)
+    print("fuzz outcomes:", Counter(by_offset.values()), "accepted:", len(t.event_ids), "duplicates:", duplicates())
