@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from streams import avro
 from streams.processes import scrape_total
 from streams.tally import TopicReader
-from streams.topics import INGESTED
+from streams.topics import INGESTED, RAW
 from streams.touchpoint.taxonomy import CHANNELS, EVENT_TYPES, JUNK_VALUES
 from tests.conftest import T0, encoded, touchpoint
 
@@ -203,3 +203,74 @@ def test_ten_thousand_malformed_inputs_are_all_accounted_for_and_no_worker_dies(
     assert {f"ok-{FUZZ_RECORDS + i}" for i in range(200)} <= t.event_ids
     assert duplicates() >= len(resends)
     print("fuzz outcomes:", Counter(by_offset.values()), "accepted:", len(t.event_ids), "duplicates:", duplicates())
+
+
+# --------------------------------------------------------------------------- personal data
+
+PHONE_SPELLINGS = ("13957246813", "+86 139 5724 6813", "139-5724-6813", "0086 13957246813")
+EMAIL_SPELLINGS = ("Wang.Fang.Pii@Example.COM", " wang.fang.pii@example.com ")
+NEEDLES = ("57246813", "5724 6813", "5724-6813", "wang.fang.pii", "Wang.Fang.Pii")
+
+
+def test_raw_phones_and_emails_reach_no_topic_after_ingestion_and_no_clickhouse_table(stack_factory) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    stack = stack_factory(workers=1, sink=True)
+    events = []
+    for i, phone in enumerate(PHONE_SPELLINGS):
+        events.append(touchpoint(f"pii-p{i}", "service_consulted", T0 + i, channel="customer_service",
+                                 identifiers={"phone": phone}, properties={"topic": "delivery"}))
+        events.append(touchpoint(f"pii-l{i}", "login", T0 + i, identifiers={"anonymous_id": f"c-pii-{i}", "phone": phone,
+                                                                             "member_id": "M-PII"}))
+    for i, email in enumerate(EMAIL_SPELLINGS):
+        events.append(touchpoint(f"pii-e{i}", "message_opened", T0 + 10 + i, channel="email",
+                                 identifiers={"email": email}, properties={"message_id": f"m{i}"}))
+    stack.produce([encoded(e) for e in events])
+    reader = TopicReader(stack.settings)
+    tally = stack.wait_for(reader, lambda t: len(t.event_ids) == len(events))
+    reader.close()
+    # One person per phone however it was typed, and one per email: the hashes link.
+    persons_by_phone = {tally.person_of_event[f"pii-p{i}"] for i in range(len(PHONE_SPELLINGS))}
+    assert len(persons_by_phone) == 1
+    assert len({tally.person_of_event[f"pii-e{i}"] for i in range(len(EMAIL_SPELLINGS))}) == 1
+
+    sink = next(c for c in stack.supervisor.children if c.name == "sink")
+    deadline = time.monotonic() + 90
+    while scrape_total(sink.port, 'touchline_sink_rows_written_total{table="touchpoints_enriched"}') < len(events):
+        assert time.monotonic() < deadline, "the sink never wrote the events"
+    stack.stop_sink()  # chDB: one process at a time opens the database
+
+    # Every byte of every topic but the raw one (the input itself, before ingestion).
+    admin = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap})
+    raw = RAW.name(stack.settings)
+    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(stack.settings.topic_prefix) and t != raw]
+    assert len(topics) >= 8
+    c = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"pii-{time.monotonic_ns()}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    parts = []
+    for t in topics:
+        meta = admin.list_topics(t, timeout=10).topics[t]
+        parts += [TopicPartition(t, p, 0) for p in meta.partitions]
+    ends = {(tp.topic, tp.partition): c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+    c.assign(parts)
+    seen: dict[tuple[str, int], int] = {}
+    blob = bytearray()
+    deadline = time.monotonic() + 60
+    while any(seen.get(k, 0) < end for k, end in ends.items()):
+        assert time.monotonic() < deadline
+        for m in c.consume(1000, timeout=0.5):
+            if m.error() is None:
+                seen[(m.topic(), m.partition())] = m.offset() + 1
+                blob += (m.key() or b"") + (m.value() or b"")
+    c.close()
+    assert len(blob) > 1000
+    for needle in NEEDLES:
+        assert needle.encode() not in blob, needle
+        assert needle.lower().encode() not in blob.lower(), needle
+
+    tables = [r[0] for r in stack.query("SELECT name FROM system.tables WHERE database = currentDatabase()")]
+    assert "touchpoints_enriched" in tables
+    dump = json.dumps([stack.query(f"SELECT * FROM {t}") for t in tables], default=str).lower()
+    assert "pii-p0" in dump  # the rows are there ...
+    for needle in NEEDLES:
+        assert needle.lower() not in dump, needle  # ... without the personal data
