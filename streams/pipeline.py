@@ -33,6 +33,7 @@ class Pipeline:
     settings: Settings
     clock: Clock
     topics: dict[str, Any]
+    reference: Any = None  # streams.reference.view.ReferenceData over the reference GlobalTables
 
     def topic(self, spec: TopicSpec) -> Any:
         return self.topics[spec.suffix]
@@ -79,8 +80,10 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
 
     from streams.features.agents import register as register_features
     from streams.identity.agents import register as register_identity
+    from streams.reference.tables import register as register_reference
     from streams.triggers.agents import register as register_triggers
 
+    pipeline.reference = register_reference(pipeline)
     register_identity(pipeline)
     register_features(pipeline)
     register_triggers(pipeline)

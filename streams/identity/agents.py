@@ -11,6 +11,7 @@ from streams import avro, metrics, streamtime
 from streams.identity.dedup import Dedup
 from streams.identity.links import Merge, resolve
 from streams.pipeline import Pipeline
+from streams.reference.enrich import enrich
 from streams.topics import ENRICHED, IDENTITY_CHANGES, INGESTED, PERSON_OPS, partition_for
 
 
@@ -29,6 +30,7 @@ def register(p: Pipeline) -> None:
             dedup.forget(tp.partition)
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
     ops_topic = p.topic(PERSON_OPS)
+    reference = p.reference
 
     @p.app.agent(p.topic(INGESTED), name="identity")
     async def identity(stream: Any) -> None:
@@ -55,7 +57,7 @@ def register(p: Pipeline) -> None:
                     tp = item["touchpoint"]
                     metrics.INGEST_OUTCOMES.labels(tp["channel"], tp["type"], "duplicate", "").inc()
                     continue
-                tp = item["touchpoint"]
+                tp = item["touchpoint"] if reference is None else enrich(item["touchpoint"], reference)
                 res = resolve(tp, item["route_key"], links)
                 enriched = {
                     "person_id": res.person_id, "member_id": res.member_id, "processed_at_ms": now_ms,
