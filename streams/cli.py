@@ -14,9 +14,14 @@ from streams.settings import Settings, SettingsError
 
 def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except SettingsError as exc:
         raise SystemExit(f"touchline: {exc}") from exc
+    if settings.schema_registry_url:
+        from streams import avro
+
+        avro.use_registry(settings.schema_registry_url)  # schema ids from the registry, in every process
+    return settings
 
 
 def _need_broker(s: Settings) -> None:

@@ -54,6 +54,7 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
         settings = base.with_overrides(kafka_bootstrap=broker.bootstrap, data_dir=str(run_dir), clock="manual")
         print(f"  embedded broker on {broker.bootstrap}; {len(create_topics(settings))} topics created")
         _touchline(settings, "migrate")
+        _load_reference(settings, run_dir / "reference", SimConfig(seed=seed, events=events, persons=persons))
         sup = Supervisor(settings, run_dir / "logs")
         for i in range(workers):
             sup.start_worker(i)
@@ -115,6 +116,15 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
         return 130
     ch = json.loads(_touchline(settings, "report", "--json"))
     return _print_summary(reader.tally if reader else None, ch, truth.to_dict())
+
+
+def _load_reference(settings: Settings, directory: Any, config: Any) -> None:
+    """The simulated brand's stores, catalog, campaign calendar and spend, loaded as `touchline load` does."""
+    from streams.reference.loader import load
+    from streams.simulate.reference import write_reference_files
+
+    loaded = {kind: load(settings, path, kind).loaded for kind, path in write_reference_files(directory, config).items()}
+    print("  reference data loaded: " + ", ".join(f"{n:,} {kind}" for kind, n in loaded.items()))
 
 
 def _touchline(settings: Settings, *args: str) -> str:

@@ -3,7 +3,7 @@
 Raw records may hold personal information (phones, emails) that ingestion
 would have hashed, so a dead letter keeps the original bytes only encrypted.
 Whoever holds the key can open them for replay or debugging
-(``touchline dead-letters --open``); the topic itself holds no plaintext.
+(``touchline dlq inspect --open``, ``touchline dlq replay``); the topic itself holds no plaintext.
 """
 
 from __future__ import annotations
