@@ -43,6 +43,14 @@ class Pipeline:
         return self.app.Table(name, default=None, partitions=self.settings.partitions)
 
 
+_REFERENCES: dict[int, Any] = {}
+
+
+def reference_of(app: faust.App) -> Any:
+    """The reference-data lookups (streams.reference.view.ReferenceData) of an app made by create_app."""
+    return _REFERENCES[id(app)]
+
+
 def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
     if not settings.kafka_bootstrap:
         raise SystemExit(
@@ -84,6 +92,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
     from streams.triggers.agents import register as register_triggers
 
     pipeline.reference = register_reference(pipeline)
+    _REFERENCES[id(app)] = pipeline.reference
     register_identity(pipeline)
     register_features(pipeline)
     register_triggers(pipeline)

@@ -51,8 +51,10 @@ def test_a_duplicate_sent_after_workers_are_killed_is_still_dropped(stack_factor
     reader = TopicReader(stack.settings)
     stack.wait_for(reader, lambda t: len(t.event_ids) == 21)
     deadline = time.monotonic() + 60
-    while not _committed_up_to_end(stack.settings, INGESTED.name(stack.settings), stack.settings.partitions):
-        assert time.monotonic() < deadline, "identity never committed its input"
+    changelog = f"{stack.settings.topic_prefix}-identity-dedup-changelog"
+    while not (_committed_up_to_end(stack.settings, INGESTED.name(stack.settings), stack.settings.partitions)
+               and any(b"dup-1" in (m.value() or b"") for m in read_to_end(stack.settings, changelog))):
+        assert time.monotonic() < deadline, "identity never committed its input and its duplicate filter"
         reader.poll()
     for child in list(stack.supervisor.children):  # no goodbye: the dedup state must come from the changelog
         os.kill(child.proc.pid, signal.SIGKILL)

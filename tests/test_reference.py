@@ -451,19 +451,17 @@ def test_touchline_load_rejects_bad_rows_unless_allowed(stack_factory: Callable[
     assert done.returncode == 2 and "unknown format" in done.stderr
 
 
-# A real Touchline worker (create_app: ingest thread and every agent) with the reference
-# tables registered, plus a page that dumps what its lookups return.
+# A real Touchline worker (create_app: ingest thread, every agent and the reference
+# tables), plus a page that dumps what its lookups return.
 WORKER = """
 import sys
 from faust import Worker
-from streams.clock import SystemClock
-from streams.pipeline import Pipeline, create_app
-from streams.reference.tables import register
+from streams.pipeline import create_app, reference_of
 from streams.settings import Settings
 
 s = Settings.from_env()
-app = create_app(s)
-ref = register(Pipeline(app, s, SystemClock(), {}))
+app = create_app(s)  # registers the reference tables with every agent
+ref = reference_of(app)
 
 @app.page("/reference-probe/")
 async def probe(web, request):
