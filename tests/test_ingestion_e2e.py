@@ -331,3 +331,30 @@ def test_reference_tables_fill_what_touchpoints_leave_out(stack_factory, tmp_pat
         product["category_path"], product["price"])
     assert enriched["ref-2"]["context"]["city"] == store["city"]
     assert (props(enriched["ref-3"])["category"], props(enriched["ref-3"])["price"]) == ("as/sent", 1.0)  # never overwritten
+
+
+def test_every_event_type_goes_in_through_kafka_and_comes_out_enriched_with_the_same_content(stack_factory) -> None:
+    from streams.ingest.service import policy_from
+    from streams.ingest.validate import clean
+    from tests.test_schemas import current_touchpoints
+
+    stack = stack_factory(workers=1, sink=False)
+    examples = [avro.decode_as(avro.TOUCHPOINT, avro.encode(avro.TOUCHPOINT, tp)) for tp in current_touchpoints()]
+    stack.produce([encoded(tp) for tp in examples])
+    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"types-{time.monotonic_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([ENRICHED.name(stack.settings)])
+    out: dict[str, Any] = {}
+    deadline = time.monotonic() + 90
+    while len(out) < len(examples):
+        assert time.monotonic() < deadline, sorted(out)
+        assert not stack.supervisor.check_alive()
+        for m in consumer.consume(100, timeout=0.5):
+            if m.error() is None:
+                r = avro.decode_as(avro.ENRICHED, m.value())
+                out[r["touchpoint"]["event_id"]] = r["touchpoint"]
+    consumer.close()
+    policy = policy_from(stack.settings)  # the stack's own salt
+    assert {tp["type"] for tp in examples} == set(EVENT_TYPES)
+    for tp in examples:
+        assert out[tp["event_id"]] == clean(tp, policy), tp["type"]
