@@ -55,6 +55,7 @@ STORE = "com.touchline.reference.Store"
 PRODUCT = "com.touchline.reference.Product"
 CAMPAIGN = "com.touchline.reference.Campaign"
 SPEND = "com.touchline.reference.Spend"
+IMPORT_LEDGER = "com.touchline.imports.ImportLedgerEntry"
 
 
 class WireFormatError(ValueError):

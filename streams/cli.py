@@ -151,10 +151,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     from streams.deadletter import inspect, replay
+    from streams.deadletter.sealing import configured_sealer
 
     s = _settings()
     _need_broker(s)
-    sealer = inspect.configured_sealer(s)
+    sealer = configured_sealer(s)
     no_key = ("touchline dlq: no dead-letter key: set TOUCHLINE_DEAD_LETTER_KEY, or TOUCHLINE_DATA_DIR to the "
               "directory holding the workers' dead-letter.key")
     try:

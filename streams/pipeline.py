@@ -12,6 +12,7 @@ partition's worth), so Faust's per-message cost is paid per batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,15 @@ class Pipeline:
 
     def topic(self, spec: TopicSpec) -> Any:
         return self.topics[spec.suffix]
+
+    def on_revoked(self, forget: Callable[[int], Any]) -> None:
+        """Call ``forget(partition)`` for each partition this worker loses, so an
+        in-memory index over a table is rebuilt on its next use."""
+
+        @self.app.on_partitions_revoked.connect  # type: ignore[arg-type]
+        async def revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+            for tp in revoked:
+                forget(tp.partition)
 
     def table(self, name: str) -> Any:
         # Keys and values are JSON in the changelog (Faust's default without a model type).

@@ -74,7 +74,7 @@ TRIGGERS = TopicSpec(
     "Live triggers fired, one per record, with deterministic trigger ids.",
 )
 IMPORTS_LEDGER = TopicSpec(
-    "imports.ledger", "com.touchline.imports.ImportLedgerEntry", "file_sha256:mapping_sha256",
+    "imports.ledger", avro.IMPORT_LEDGER, "file_sha256:mapping_sha256",
     "Completed `touchline import`s of history: re-importing the same file with the same mapping "
     "sends nothing (compacted).", compacted=True, partitioned=False,
 )

@@ -19,7 +19,6 @@ from streams.deadletter import records
 from streams.deadletter.inspect import (
     Letter,
     TopicRead,
-    configured_sealer,
     matches_source,
     preview,
     read_to_end,
@@ -34,7 +33,6 @@ from streams.deadletter.replay import (
     Send,
     Skip,
     Target,
-    configured_salt,
     convert,
     plan,
     replays_in,
@@ -42,7 +40,7 @@ from streams.deadletter.replay import (
     source_kind,
 )
 from streams.deadletter.replay import render as render_replay
-from streams.deadletter.sealing import Sealer
+from streams.deadletter.sealing import Sealer, configured_salt, configured_sealer
 from streams.kafka.clients import producer
 from streams.processes import scrape_total
 from streams.settings import Settings

@@ -293,6 +293,26 @@ def test_raw_phones_and_emails_reach_no_topic_after_ingestion_and_no_clickhouse_
         assert needle.lower() not in dump, needle  # ... without the personal data
 
 
+def _enriched_touchpoints(stack: Any, count: int) -> dict[str, dict[str, Any]]:
+    """The touchpoints on the stack's enriched topic by event id, once ``count`` distinct ones arrived."""
+    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"out-{time.monotonic_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([ENRICHED.name(stack.settings)])
+    out: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 90
+    try:
+        while len(out) < count:
+            assert time.monotonic() < deadline, sorted(out)
+            assert not stack.supervisor.check_alive()
+            for m in consumer.consume(100, timeout=0.5):
+                if m.error() is None:
+                    r = avro.decode_as(avro.ENRICHED, m.value())
+                    out[r["touchpoint"]["event_id"]] = r["touchpoint"]
+    finally:
+        consumer.close()
+    return out
+
+
 def test_reference_tables_fill_what_touchpoints_leave_out(stack_factory, tmp_path) -> None:
     from streams.reference.loader import load
     from streams.simulate.reference import generate_reference, write_reference_files
@@ -310,21 +330,7 @@ def test_reference_tables_fill_what_touchpoints_leave_out(stack_factory, tmp_pat
     own = touchpoint("ref-3", "product_viewed", T0 + 2, identifiers={"anonymous_id": "c-ref"},
                      properties={"product_id": product["product_id"], "category": "as/sent", "price": 1.0})
     stack.produce([encoded(viewed), encoded(visited), encoded(own)])
-    reader = TopicReader(stack.settings)
-    enriched: dict[str, Any] = {}
-    deadline = time.monotonic() + 90
-    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"ref-{time.monotonic_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([ENRICHED.name(stack.settings)])
-    while len(enriched) < 3:
-        assert time.monotonic() < deadline, enriched.keys()
-        assert not stack.supervisor.check_alive()
-        for m in consumer.consume(100, timeout=0.5):
-            if m.error() is None:
-                r = avro.decode_as(avro.ENRICHED, m.value())
-                enriched[r["touchpoint"]["event_id"]] = r["touchpoint"]
-    consumer.close()
-    reader.close()
+    enriched = _enriched_touchpoints(stack, 3)
     from streams.touchpoint.record import props
 
     assert (props(enriched["ref-1"])["category"], props(enriched["ref-1"])["price"]) == (
@@ -341,19 +347,7 @@ def test_every_event_type_goes_in_through_kafka_and_comes_out_enriched_with_the_
     stack = stack_factory(workers=1, sink=False)
     examples = [avro.decode_as(avro.TOUCHPOINT, avro.encode(avro.TOUCHPOINT, tp)) for tp in current_touchpoints()]
     stack.produce([encoded(tp) for tp in examples])
-    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"types-{time.monotonic_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([ENRICHED.name(stack.settings)])
-    out: dict[str, Any] = {}
-    deadline = time.monotonic() + 90
-    while len(out) < len(examples):
-        assert time.monotonic() < deadline, sorted(out)
-        assert not stack.supervisor.check_alive()
-        for m in consumer.consume(100, timeout=0.5):
-            if m.error() is None:
-                r = avro.decode_as(avro.ENRICHED, m.value())
-                out[r["touchpoint"]["event_id"]] = r["touchpoint"]
-    consumer.close()
+    out = _enriched_touchpoints(stack, len(examples))
     policy = policy_from(stack.settings)  # the stack's own salt
     assert {tp["type"] for tp in examples} == set(EVENT_TYPES)
     for tp in examples:

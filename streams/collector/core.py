@@ -281,15 +281,12 @@ def plan_batch(body: bytes, source: str, now_ms: int, policy: Policy, sealer: Se
             message = redact(message, event)
             payload = event_bytes(event)
             event_id = _event_id(event)
-            dl_id = dead_letter_id(source, event_id, payload)
+            # An HTTP event has no Kafka coordinates: its dead letter is named deterministically.
             record = dead_letters.build(
                 sealer, reason=reason, detail=message, topic=f"collector/{source}", partition=0,
                 offset=index, payload=payload, failed_at_ms=now_ms,
+                name=dead_letter_id(source, event_id, payload),
             )
-            # records.build names a dead letter by Kafka coordinates, which an HTTP event
-            # does not have: name it deterministically and seal under that name.
-            nonce, sealed = sealer.seal(payload, dl_id.encode())
-            record.update(dead_letter_id=dl_id, nonce=nonce, payload_encrypted=sealed)
             plan.rejected.append(DeadLettered(index, event_id, reason, message, channel, kind, record))
     return plan
 

@@ -15,7 +15,6 @@ reported as such; it never stops the summary.
 
 from __future__ import annotations
 
-import base64
 import json
 import statistics
 import time
@@ -293,20 +292,6 @@ def render(summary: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- keys and Kafka
-
-
-def configured_sealer(settings: Settings) -> Sealer | None:
-    """The dead-letter key of these settings, or None when none is configured.
-
-    Unlike Sealer.from_settings this never creates a key file: a new random
-    key could open nothing.
-    """
-    if settings.dead_letter_key:
-        return Sealer(base64.b64decode(settings.dead_letter_key))
-    path = settings.data_path / "dead-letter.key"
-    if path.exists():
-        return Sealer(base64.b64decode(path.read_bytes()))
-    return None
 
 
 class TopicMissing(RuntimeError):

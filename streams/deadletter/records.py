@@ -14,9 +14,11 @@ def dead_letter_id(topic: str, partition: int, offset: int) -> str:
 
 def build(
     sealer: Sealer, *, reason: str, detail: str, topic: str, partition: int, offset: int,
-    payload: bytes | None, failed_at_ms: int,
+    payload: bytes | None, failed_at_ms: int, name: str | None = None,
 ) -> dict[str, Any]:
-    dl_id = dead_letter_id(topic, partition, offset)
+    """A dead-letter record; ``name`` overrides the id derived from the source
+    coordinates (sources without Kafka coordinates, e.g. the HTTP collector)."""
+    dl_id = name or dead_letter_id(topic, partition, offset)
     nonce, sealed = sealer.seal(payload or b"", dl_id.encode())
     return {
         "dead_letter_id": dl_id, "reason": reason, "detail": detail[:1000],

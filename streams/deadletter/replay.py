@@ -36,7 +36,6 @@ is the thin Kafka shell.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -54,7 +53,7 @@ from streams.deadletter.inspect import (
     select,
 )
 from streams.deadletter.records import dead_letter_id
-from streams.deadletter.sealing import Sealer
+from streams.deadletter.sealing import Sealer, configured_salt
 from streams.settings import Settings
 
 REPLAY_HEADER = "touchline-replay-of"
@@ -303,14 +302,6 @@ def scan_replays(settings: Settings, since_ms: int | None) -> dict[tuple[int, in
     return replays_in(
         (m.partition(), m.offset(), m.headers()) for m in read_to_end(settings, RAW.name(settings), since_ms)
     )
-
-
-def configured_salt(settings: Settings) -> bytes | None:
-    """The identifier salt of these settings, or None; never creates a salt file (a new salt links nothing)."""
-    if settings.identifier_salt:
-        return settings.identifier_salt.encode()
-    path = settings.data_path / "identifier.salt"
-    return base64.b64decode(path.read_bytes()) if path.exists() else None
 
 
 def replay(settings: Settings, sealer: Sealer | None, *, reasons: Sequence[str] = (), ids: Sequence[str] = (),

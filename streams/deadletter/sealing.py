@@ -34,16 +34,47 @@ class Sealer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Sealer:
-        if settings.dead_letter_key:
-            return cls(base64.b64decode(settings.dead_letter_key))
-        return cls(local_secret(settings.data_path / "dead-letter.key"))
+        """The configured key, or the per-installation key file (created on first use)."""
+        key = _dead_letter_key(settings, create=True)
+        assert key is not None
+        return cls(key)
+
+
+def configured_sealer(settings: Settings) -> Sealer | None:
+    """The dead-letter key of these settings, or None: never creates a key file
+    (tools that read dead letters: a new random key could open nothing)."""
+    key = _dead_letter_key(settings, create=False)
+    return None if key is None else Sealer(key)
 
 
 def identifier_salt(settings: Settings) -> bytes:
-    """The salt of phone/email hashes: configured, or a per-installation file."""
+    """The salt of phone/email hashes: configured, or a per-installation file (created on first use)."""
+    salt = _identifier_salt(settings, create=True)
+    assert salt is not None
+    return salt
+
+
+def configured_salt(settings: Settings) -> bytes | None:
+    """The identifier salt of these settings, or None: never creates a salt file (a new salt links nothing)."""
+    return _identifier_salt(settings, create=False)
+
+
+def _dead_letter_key(settings: Settings, create: bool) -> bytes | None:
+    if settings.dead_letter_key:
+        return base64.b64decode(settings.dead_letter_key)
+    return _installation_secret(settings.data_path / "dead-letter.key", create)
+
+
+def _identifier_salt(settings: Settings, create: bool) -> bytes | None:
     if settings.identifier_salt:
         return settings.identifier_salt.encode()
-    return local_secret(settings.data_path / "identifier.salt")
+    return _installation_secret(settings.data_path / "identifier.salt", create)
+
+
+def _installation_secret(path: Path, create: bool) -> bytes | None:
+    if create:
+        return local_secret(path)
+    return base64.b64decode(path.read_bytes()) if path.exists() else None
 
 
 def local_secret(path: Path) -> bytes:

@@ -24,10 +24,7 @@ def register(p: Pipeline) -> None:
     n = p.settings.partitions
     dedup = Dedup(int(p.settings.dedup_window_s * 1000), p.settings.dedup_max_ids)
 
-    @p.app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def forget(app: Any, revoked: Any, **kwargs: Any) -> None:
-        for tp in revoked:
-            dedup.forget(tp.partition)
+    p.on_revoked(dedup.forget)
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
     ops_topic = p.topic(PERSON_OPS)
     reference = p.reference

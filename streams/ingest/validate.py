@@ -34,12 +34,6 @@ from streams.touchpoint.taxonomy import (
     is_junk,
 )
 
-REASONS = (
-    "oversize", "not_wire_format", "unknown_schema", "wrong_schema", "avro_decode_error",
-    "unknown_event_type", "unknown_channel", "missing_field", "wrong_properties", "no_identifier",
-    "event_time_future", "event_time_too_old",
-)
-
 
 @dataclass(frozen=True)
 class Rejected:

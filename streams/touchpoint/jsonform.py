@@ -164,17 +164,18 @@ def from_json(obj: Any, *, received_ms: int, tz: tzinfo = SHANGHAI,
 
 
 def _coerce_numbers(tp: dict[str, Any]) -> None:
-    """JSON has one number type: ints are fine where Avro wants a double."""
-    container = tp.get("properties") or {}
-    for family in container.values():
-        if isinstance(family, dict):
-            for k, v in family.items():
-                if k in ("price", "total", "revenue", "subtotal", "discount", "shipping", "tax", "value") \
-                        and isinstance(v, int) and not isinstance(v, bool):
-                    family[k] = float(v)
-            for item in family.get("products") or []:
-                if isinstance(item.get("price"), int) and not isinstance(item.get("price"), bool):
-                    item["price"] = float(item["price"])
+    """JSON has one number type: ints are fine where Avro wants a double (the schema says where)."""
+    def floats(values: dict[str, Any], record_name: str) -> None:
+        for k in record.double_fields(record_name):
+            v = values.get(k)
+            if isinstance(v, int) and not isinstance(v, bool):
+                values[k] = float(v)
+
+    for family, values in (tp.get("properties") or {}).items():
+        if isinstance(values, dict):
+            floats(values, record.family_record(family))
+            for item in values.get("products") or []:
+                floats(item, "LineItem")
 
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {

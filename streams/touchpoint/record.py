@@ -54,6 +54,21 @@ def blank(record: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
     return {n: values[n] if n in values else _default(f) for n, f in fields.items()}
 
 
+@cache
+def double_fields(record: str) -> frozenset[str]:
+    """Fields of a named record whose type is (or may be) a double."""
+    def is_double(t: Any) -> bool:
+        return t == "double" or (isinstance(t, list) and "double" in t)
+
+    return frozenset(n for n, f in _record_fields(record if "." in record else NS + record).items()
+                     if is_double(f["type"]))
+
+
+def family_record(family: str) -> str:
+    """Full name of a family's record type (``cart`` -> ``com.touchline.touchpoint.Cart``)."""
+    return _family_record_names()[family]
+
+
 def family_name(event_type: str) -> str:
     return FAMILY_OF[event_type]
 
@@ -114,8 +129,6 @@ def upgrade_v1(tp: dict[str, Any]) -> dict[str, Any]:
     if "revenue" in legacy and "revenue" not in wanted and "value" in wanted:
         legacy["value"] = legacy.pop("revenue")
     moved = {k: v for k, v in legacy.items() if k in wanted and current.get(k) is None}
-    fresh = properties(tp["type"], {**{k: v for k, v in current.items() if v is not None}, **moved})
-    assert fresh is not None
-    for k in _V1_FIELDS:
-        fresh[k] = None
-    return {**tp, "properties": fresh}
+    # A fresh container: the family record filled, every other field (the v1 ones too) None.
+    return {**tp, "properties": properties(tp["type"], {**{k: v for k, v in current.items() if v is not None},
+                                                         **moved})}

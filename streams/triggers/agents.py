@@ -29,10 +29,7 @@ def register(p: Pipeline) -> None:
             due_index[part] = idx
         return due_index[part]
 
-    @p.app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def forget(app: Any, revoked: Any, **kwargs: Any) -> None:
-        for tp in revoked:
-            due_index.pop(tp.partition, None)
+    p.on_revoked(lambda part: due_index.pop(part, None))
 
     @p.app.agent(p.topic(FEATURED), name="triggers")
     async def triggers(stream: Any) -> None:
