@@ -858,3 +858,34 @@ def _key_id_of(settings: Settings) -> str:
     from streams.deadletter.sealing import Sealer
 
     return Sealer.from_settings(settings).key_id
+
+
+def test_clickhouse_takes_dead_letters_of_every_source(tmp_path) -> None:
+    """Imports have no Kafka coordinates (partition -1): their dead letters must insert, or the sink
+    would retry that batch forever. Runs the real migrations on chDB in a child process."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from streams import avro
+from streams.deadletter import records
+from streams.deadletter.sealing import Sealer
+from streams.sink import rows
+from streams.sink.clickhouse import connect, migrate
+c = connect(sys.argv[1]); migrate(c)
+table, columns, build = rows.TABLES[avro.DEAD_LETTER]
+sealer = Sealer(bytes(32))
+letters = [
+    records.build(sealer, reason="unknown_channel", detail="d", topic="t.raw", partition=3, offset=2**40,
+                  payload=b"x", failed_at_ms=1),
+    records.build(sealer, reason="missing_field", detail="d", topic="import/pos/ab12", partition=-1, offset=14,
+                  payload=b"row", failed_at_ms=1),
+]
+c.insert(table, [build(r) for r in letters], column_names=columns)
+print(sorted(c.query(f"SELECT source_partition, source_offset FROM {table}").result_rows))
+"""
+    out = subprocess.run([sys.executable, "-c", code, f"chdb://{tmp_path / 'chdb'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(sorted([(3, 2**40), (-1, 14)]))
