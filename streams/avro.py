@@ -56,6 +56,7 @@ PRODUCT = "com.touchline.reference.Product"
 CAMPAIGN = "com.touchline.reference.Campaign"
 SPEND = "com.touchline.reference.Spend"
 IMPORT_LEDGER = "com.touchline.imports.ImportLedgerEntry"
+SESSION = "com.touchline.sessions.Session"
 
 
 class WireFormatError(ValueError):

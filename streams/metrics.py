@@ -33,6 +33,15 @@ STREAM_TIME = Gauge("touchline_stream_time_ms", "Event-time watermark per stage 
 SINK_ROWS = Counter("touchline_sink_rows_written_total", "Rows inserted into ClickHouse", ["table"])
 SINK_FAILURES = Counter("touchline_sink_insert_failures_total", "Failed ClickHouse inserts (retried)", ["table"])
 SINK_INSERT_SECONDS = Histogram("touchline_sink_insert_seconds", "Duration of one ClickHouse insert", ["table"])
+SINK_BATCH_ROWS = Histogram(
+    "touchline_sink_batch_rows", "Rows per ClickHouse insert", ["table"],
+    buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000, 50000),
+)
+SINK_RETRIES = Counter("touchline_sink_insert_retries_total", "ClickHouse inserts retried after a failure", ["table"])
+SINK_DUPLICATES = Counter(
+    "touchline_sink_duplicate_rows_total", "Rows not inserted because ClickHouse already held their id (replays)",
+    ["table"],
+)
 COLLECTOR_REQUESTS = Counter(
     "touchline_collector_requests_total", "Requests to the HTTP collector by source and response status",
     ["source", "status"],

@@ -39,6 +39,7 @@ class Settings:
     ingest_batch_size: int = 2000
     allowed_lateness_s: float = 0.0
     cart_abandon_delay_s: float = 1800.0
+    session_timeout_s: float = 1800.0  # a session ends after this much inactivity (event time)
     # "wall": the ingest watermark follows the system clock (production).
     # "manual": time only moves with event times and clock-tick records on the
     # raw topic (simulations and tests drive it).
@@ -55,6 +56,12 @@ class Settings:
     # Sink
     sink_batch_rows: int = 20000
     sink_flush_interval_s: float = 1.0
+    sink_query_port: int = 9465  # read-only SQL endpoint on 127.0.0.1 while the sink owns chDB
+    # Fault seam for tests and `make faults`: the sink's first N insert attempts
+    # fail as if ClickHouse were down (0 in production).
+    sink_fault_failed_inserts: int = 0
+    # Analytics
+    reporting_timezone: str = "Asia/Shanghai"  # days and hours of every KPI
     # Processes
     worker_id: int = 0
     web_port: int = 6066  # Faust web (and /metrics) of worker N is web_port + N

@@ -65,6 +65,10 @@ FEATURED = TopicSpec(
     "internal.featured", avro.PERSON_BATCH, "none: same partition as person-ops",
     "Person operations after the features agent, for the triggers agent.", internal=True,
 )
+SESSIONS = TopicSpec(
+    "sessions", avro.SESSION, "person_id",
+    "Closed sessions (visits), one per record, with deterministic session ids.",
+)
 MEMBER_FEATURES = TopicSpec(
     "members.features", avro.MEMBER_FEATURES, "person_id",
     "Latest features snapshot per person (compacted).", compacted=True,
@@ -103,7 +107,7 @@ REF_SPEND = TopicSpec(
 REFERENCE_TOPICS: tuple[TopicSpec, ...] = (REF_STORES, REF_PRODUCTS, REF_CAMPAIGNS, REF_SPEND)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    RAW, DEAD_LETTERS, INGESTED, ENRICHED, IDENTITY_CHANGES, PERSON_OPS, FEATURED,
+    RAW, DEAD_LETTERS, INGESTED, ENRICHED, IDENTITY_CHANGES, PERSON_OPS, FEATURED, SESSIONS,
     MEMBER_FEATURES, TRIGGERS, IMPORTS_LEDGER, *REFERENCE_TOPICS,
 )
 
