@@ -38,6 +38,10 @@ SINK_BATCH_ROWS = Histogram(
     buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000, 50000),
 )
 SINK_RETRIES = Counter("touchline_sink_insert_retries_total", "ClickHouse inserts retried after a failure", ["table"])
+SINK_RECORDS = Counter(
+    "touchline_sink_records_stored_total",
+    "Sink-topic records ClickHouse holds after their batch: inserted now, or stored before (replays)", ["table"],
+)
 SINK_DUPLICATES = Counter(
     "touchline_sink_duplicate_rows_total", "Rows not inserted because ClickHouse already held their id (replays)",
     ["table"],
