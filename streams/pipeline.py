@@ -99,6 +99,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
     from streams.features.agents import register as register_features
     from streams.identity.agents import register as register_identity
     from streams.reference.tables import register as register_reference
+    from streams.sessions.agents import register as register_sessions
     from streams.triggers.agents import register as register_triggers
 
     pipeline.reference = register_reference(pipeline)
@@ -106,6 +107,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
     register_identity(pipeline)
     register_features(pipeline)
     register_triggers(pipeline)
+    register_sessions(pipeline)
     _register_ingest(pipeline)
     _register_views(pipeline)
     return app

@@ -1,16 +1,22 @@
-"""Sessions: the pure core (unit and property tests against an offline reference)."""
+"""Sessions: the pure core (unit and property tests against an offline reference) and one
+end-to-end run on two real workers."""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import avro
+from streams.deadletter.inspect import read_to_end
 from streams.sessions import core
-from tests.conftest import T0, touchpoint
+from streams.tally import TopicReader
+from streams.topics import SESSIONS
+from tests.conftest import T0, encoded, touchpoint
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -232,3 +238,94 @@ def test_any_arrival_order_gives_the_offline_sessions(specs: list[Any], data: st
 
     assert sorted(closed, key=lambda r: r["start_ms"]) == _offline("p-1", events, watermark)
     assert state["open"] == []
+
+
+# --------------------------------------------------------------------------- end to end
+
+def _sessions(stack: Any, expected: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Every record on the sessions topic, once ``expected`` distinct sessions are there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = [avro.decode_as(avro.SESSION, m.value()) | {"_key": m.key().decode()}
+                   for m in read_to_end(stack.settings, SESSIONS.name(stack.settings))]
+        if len({r["session_id"] for r in records}) >= expected or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+@pytest.mark.e2e
+def test_sessions_on_two_workers(stack_factory: Any) -> None:
+    stack = stack_factory(workers=2, sink=False)
+    alice, bob, carol = ({"anonymous_id": c} for c in ("s-alice", "s-bob", "s-carol"))
+    events = sorted([
+        # alice: a converting visit, then (31 minutes of silence) a second visit
+        touchpoint("al1", "page_viewed", T0, identifiers=alice, context={"page_url": "https://shop/a"}),
+        touchpoint("al2", "product_viewed", T0 + 5 * MIN, identifiers=alice, properties={"product_id": "sku-1"}),
+        touchpoint("al3", "order_completed", T0 + 10 * MIN, identifiers=alice,
+                   properties={"order_id": "o-1", "revenue": 399.0}),
+        touchpoint("al4", "page_viewed", T0 + 41 * MIN, identifiers=alice, context={"page_url": "https://shop/b"}),
+        # bob: one app visit landing on a screen
+        touchpoint("bo1", "screen_viewed", T0 + 2 * MIN, channel="app", identifiers=bob,
+                   properties={"name": "Home"}),
+        touchpoint("bo2", "product_viewed", T0 + 3 * MIN, channel="app", identifiers=bob,
+                   properties={"product_id": "sku-2"}),
+        # carol: browses anonymously, then logs in: her anonymous person is merged away
+        touchpoint("ca1", "page_viewed", T0 + 1 * MIN, identifiers=carol, context={"page_url": "https://shop/c"}),
+        touchpoint("ca2", "login", T0 + 4 * MIN, identifiers={**carol, "member_id": "M300"}),
+        touchpoint("ca3", "page_viewed", T0 + 6 * MIN, identifiers=carol, context={"page_url": "https://shop/d"}),
+    ], key=lambda tp: tp["event_time_ms"])  # in time order: no event is late
+    stack.produce([encoded(e) for e in events])
+    reader = TopicReader(stack.settings)
+    tally = stack.wait_for(reader, lambda t: len(t.event_ids) == len(events) and len(t.merged_into) == 1)
+    reader.close()
+    person = tally.person_of_event
+    assert person["ca1"] != person["ca2"] == person["ca3"]
+    timeout = int(stack.settings.session_timeout_s * 1000)
+    assert timeout == TIMEOUT
+
+    def expected(p: str, ids: list[str], member: str | None, channel: str, landing: str | None, page_views: int,
+                 orders: int, revenue: float) -> dict[str, Any]:
+        times = [e["event_time_ms"] for e in events if e["event_id"] in ids]
+        return {
+            "session_id": core.session_id(p, ids[0]), "person_id": p, "member_id": member,
+            "start_ms": min(times), "end_ms": max(times), "channel": channel, "landing_page": landing,
+            "campaign": None, "source": None, "store_id": None, "events": len(ids), "page_views": page_views,
+            "orders": orders, "revenue": revenue, "converted": orders > 0, "historical": False, "_key": p,
+        }
+
+    first_wave = [
+        expected(person["al1"], ["al1", "al2", "al3"], None, "web", "https://shop/a", 1, 1, 399.0),
+        expected(person["bo1"], ["bo1", "bo2"], None, "app", "Home", 1, 0, 0.0),
+        expected(person["ca1"], ["ca1"], None, "web", "https://shop/c", 1, 0, 0.0),  # closed by the merge
+        expected(person["ca2"], ["ca2", "ca3"], "M300", "web", "https://shop/d", 1, 0, 0.0),
+    ]
+    last = expected(person["al4"], ["al4"], None, "web", "https://shop/b", 1, 0, 0.0)
+    assert person["al4"] == person["al1"]
+
+    def check(records: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for r in records:
+            by_id.setdefault(r["session_id"], []).append(r)
+        got = {sid: {k: v for k, v in rs[0].items() if k != "closed_at_ms"} for sid, rs in by_id.items()}
+        assert got == {w["session_id"]: w for w in want}
+        for sid, rs in by_id.items():  # a redelivery republishes the very same session
+            assert all({k: v for k, v in r.items() if k != "closed_at_ms"} == got[sid] for r in rs)
+            # Until the first tick, stream time stays below every end + timeout (a raw partition
+            # without events holds it back: 3 cookies, 4 partitions), so carol's anonymous
+            # session closing before tick1 means the merge closed it.
+            if got[sid]["person_id"] == person["ca1"]:
+                assert all(r["closed_at_ms"] < tick1 for r in rs)
+            else:
+                assert all(r["closed_at_ms"] == closes_at[sid] for r in rs)
+
+    # Tick to alice's second visit's end + timeout: every other session closes, that one not
+    # yet (alice's first closing at exactly tick1 shows the stage checked her at tick1).
+    tick1 = T0 + 41 * MIN + timeout
+    tick2 = tick1 + 1
+    closes_at = {w["session_id"]: tick1 for w in first_wave} | {last["session_id"]: tick2}
+    stack.tick(tick1)
+    check(_sessions(stack, len(first_wave)), first_wave)
+
+    stack.tick(tick2)  # one ms past it
+    check(_sessions(stack, len(first_wave) + 1), [*first_wave, last])
+    assert stack.supervisor.check_alive() == []

@@ -1,0 +1,94 @@
+"""Sessions agent: cut each person's events into sessions, close them on stream time.
+
+A thin shell around ``streams.sessions.core``: it reads the same person
+batches as the triggers agent (``internal.featured``), keeps open sessions
+per person in the ``session-open`` table and its own stream time per
+partition in ``session-clocks``, and publishes every closed session to
+``sessions``, keyed by person id.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from streams import avro, metrics, streamtime
+from streams.pipeline import Pipeline
+from streams.sessions import core
+from streams.topics import FEATURED, SESSIONS
+
+
+def register(p: Pipeline) -> None:
+    table = p.table("session-open")
+    clocks = p.table("session-clocks")
+    n = p.settings.partitions
+    timeout_ms = int(p.settings.session_timeout_s * 1000)
+    sessions_topic = p.topic(SESSIONS)
+    # partition -> {person: stream time at which their next session closes}
+    close_index: dict[int, dict[str, int]] = {}
+
+    def index_for(part: int) -> dict[str, int]:
+        if part not in close_index:  # first batch since start or reassignment: rebuild
+            idx: dict[str, int] = {}
+            for person, state in table.items():
+                if state and state.get("partition") == part:
+                    _reindex(idx, person, state, timeout_ms)
+            close_index[part] = idx
+        return close_index[part]
+
+    p.on_revoked(lambda part: close_index.pop(part, None))
+
+    def publish(records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            sessions_topic.send_soon(key=rec["person_id"].encode(), value=avro.encode(avro.SESSION, rec))
+
+    @p.app.agent(p.topic(FEATURED), name="sessions")
+    async def sessions(stream: Any) -> None:
+        async for event in stream.events():
+            started = time.perf_counter()
+            part = event.message.partition
+            batch = avro.decode_as(avro.PERSON_BATCH, event.value)
+            idx = index_for(part)
+
+            # Time first: the batch's events are all applied before any close check,
+            # so moving it before or after them changes nothing but merges' closed_at_ms.
+            src = batch["source_partition"]  # -1: a features-internal move, which carries no time
+            reports = {str(src): batch["watermark_ms"]} if src >= 0 else {}
+            stream_time, _ = streamtime.advance(clocks, part, reports, n)
+            metrics.STREAM_TIME.labels("sessions", str(part)).set(stream_time)
+
+            touched: dict[str, dict[str, Any]] = {}
+            for op in batch["ops"]:
+                person = op["person_id"]
+                if op["kind"] == "event":
+                    state = touched.get(person) or table.get(person) or core.empty(person, part)
+                    if core.on_event(state, op["event"], timeout_ms):
+                        touched[person] = state
+                elif op["kind"] == "merge":  # person is merged away: close its sessions now
+                    gone = touched.get(person) or table.get(person)
+                    if gone is not None and gone["open"]:
+                        publish(core.close_all(gone, stream_time))
+                        touched[person] = gone
+
+            for person, state in touched.items():
+                _reindex(idx, person, state, timeout_ms)
+            for person in [q for q, due in idx.items() if due <= stream_time]:
+                current = touched.get(person) or table.get(person)
+                if current is None:
+                    idx.pop(person, None)
+                    continue
+                publish(core.close_due(current, stream_time, timeout_ms))
+                touched[person] = current
+                _reindex(idx, person, current, timeout_ms)
+            for person, state in touched.items():
+                table[person] = state
+            metrics.STAGE_BATCH_SECONDS.labels("sessions").observe(time.perf_counter() - started)
+
+
+def _reindex(idx: dict[str, int], person: str, state: dict[str, Any], timeout_ms: int) -> None:
+    """Keep a person in the close index exactly while they have an open session."""
+    due = core.next_close(state, timeout_ms)
+    if due is None:
+        idx.pop(person, None)
+    else:
+        idx[person] = due
