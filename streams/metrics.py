@@ -3,9 +3,20 @@
 Workers serve them at ``/metrics`` on their Faust web port; the sink on
 ``TOUCHLINE_SINK_METRICS_PORT``; the HTTP collector on ``TOUCHLINE_COLLECTOR_PORT``.
 Counters are incremented per batch, not per event, to keep the hot path cheap.
+
+Naming (checked by tests/test_metric_names.py): every name starts with
+``touchline_``, counters end in ``_total``, times are in seconds and sizes in
+bytes (``_seconds``, ``_bytes``), and no label carries a person, member, event
+or other unbounded id. Labels are bounded: channel, type, reason, stage, rule,
+table, topic, partition (bounded by the partition count) and the like.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter as _Tally
+from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -29,7 +40,10 @@ STAGE_BATCH_SECONDS = Histogram(
     "touchline_stage_batch_seconds", "Time to process one batch record", ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
-STREAM_TIME = Gauge("touchline_stream_time_ms", "Event-time watermark per stage and partition", ["stage", "partition"])
+_STREAM_TIME_SECONDS = Gauge(
+    "touchline_stream_time_seconds", "Event-time watermark per stage and partition, as Unix time in seconds",
+    ["stage", "partition"],
+)
 SINK_ROWS = Counter("touchline_sink_rows_written_total", "Rows inserted into ClickHouse", ["table"])
 SINK_FAILURES = Counter("touchline_sink_insert_failures_total", "Failed ClickHouse inserts (retried)", ["table"])
 SINK_INSERT_SECONDS = Histogram("touchline_sink_insert_seconds", "Duration of one ClickHouse insert", ["table"])
@@ -59,3 +73,82 @@ COLLECTOR_REQUEST_SECONDS = Histogram(
     "touchline_collector_request_seconds", "Time to answer a batch, Kafka acknowledgement included",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+CONSUMER_LAG = Gauge(
+    "touchline_consumer_lag_records",
+    "Records not yet processed: the partition's high watermark minus the group's committed offset, "
+    "per partition the process is assigned (sampled every few seconds)",
+    ["group", "topic", "partition"],
+)
+EVENT_PROCESSING_SECONDS = Histogram(
+    "touchline_event_processing_seconds",
+    "Wall-clock time an event was processed by a stage minus its event time (0 when the event time is ahead); "
+    "meaningful for live traffic only: history imports and simulated clocks land in the top bucket",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0),
+)
+TRIGGER_LATENCY_SECONDS = Histogram(
+    "touchline_trigger_latency_seconds",
+    "Wall-clock time a trigger was published minus its due time (0 when published before it); "
+    "meaningful with TOUCHLINE_CLOCK=wall only",
+    ["rule"],
+    buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+)
+PERSONS = Gauge(
+    "touchline_persons",
+    "Persons held in state per stage and partition (identity: route keys linked to a person; "
+    "features: persons with counters; triggers: persons with cart state)",
+    ["stage", "partition"],
+)
+STATE_BYTES = Gauge(
+    "touchline_state_bytes",
+    "Approximate size of a Faust table per partition: entries times the mean JSON size of a sample of them",
+    ["table", "partition"],
+)
+
+
+class _StreamTime:
+    """``STREAM_TIME.labels(stage, partition).set(t_ms)``: the code keeps stream time in
+    milliseconds; the gauge exports seconds (``touchline_stream_time_seconds``)."""
+
+    class _Child:
+        def __init__(self, child: Any) -> None:
+            self._child = child
+
+        def set(self, t_ms: float) -> None:
+            self._child.set(t_ms / 1000)
+
+    def labels(self, stage: str, partition: str) -> _StreamTime._Child:
+        return self._Child(_STREAM_TIME_SECONDS.labels(stage, partition))
+
+
+STREAM_TIME = _StreamTime()
+
+
+def observe_many(child: Any, amounts: Sequence[float]) -> None:
+    """``child.observe(a)`` for every amount of a batch, taking each bucket's lock once.
+
+    ``child`` is a labelled Histogram. Uses prometheus_client's histogram fields
+    when they are there (one bisect per value), and falls back to ``observe``.
+    """
+    if not amounts:
+        return
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            child.observe(amount)
+        return
+    total.inc(sum(amounts))
+    for index, n in _Tally(bisect_left(bounds, a) for a in amounts).items():
+        buckets[index].inc(n)
+
+
+def lag_records(high_watermark: int, committed: int | None, low_watermark: int = 0) -> int:
+    """Records between a group's committed offset and the partition's end.
+
+    ``committed`` None: the group has committed nothing there, so it starts at the
+    low watermark (``auto.offset.reset=earliest``).
+    """
+    start = committed if committed is not None and committed >= 0 else max(low_watermark, 0)
+    return max(0, high_watermark - start)

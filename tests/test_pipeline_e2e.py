@@ -27,10 +27,10 @@ def _wait_until_triggers_stream_time(stack, t_ms: int, timeout_s: float = 60.0) 
         for worker in (c for c in stack.supervisor.children if c.name.startswith("worker")):
             text = urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=10).read().decode()
             for line in text.splitlines():
-                if line.startswith("touchline_stream_time_ms{") and 'stage="triggers"' in line:
+                if line.startswith("touchline_stream_time_seconds{") and 'stage="triggers"' in line:
                     part = line.split('partition="')[1].split('"')[0]
                     seen[part] = max(seen.get(part, 0.0), float(line.split()[-1]))
-        if len(seen) == stack.settings.partitions and min(seen.values()) >= t_ms:
+        if len(seen) == stack.settings.partitions and min(seen.values()) >= t_ms / 1000:
             return
         time.sleep(0.1)
     raise AssertionError(f"triggers stream time never reached {t_ms}: {seen}")
