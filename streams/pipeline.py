@@ -12,18 +12,36 @@ partition's worth), so Faust's per-message cost is paid per batch.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams import metrics
 from streams.clock import Clock, SystemClock
 from streams.ingest.service import IngestService
 from streams.settings import Settings
-from streams.topics import ALL_TOPICS, TopicSpec
+from streams.topics import ALL_TOPICS, TopicSpec, partition_for
+
+LAG_INTERVAL_S = 5.0  # consumer lag is sampled this often
+STATE_INTERVAL_S = 10.0  # persons and state bytes are sampled at most this often
+STATE_SAMPLE_VALUES = 64  # values JSON-encoded per table partition and sample, for the mean size
+STATE_MAX_LOOP_SHARE = 0.05  # the state sample waits longer when counting keys takes longer than this share
+
+
+@dataclass
+class WatchedTable:
+    """A Faust table whose size the worker reports (touchline_state_bytes, touchline_persons)."""
+
+    table: Any
+    partition_of: Callable[[Any], int]  # the partition (of the table's changelog) holding a key
+    persons: str | None = None  # stage label of touchline_persons when each key is one person
 
 
 @dataclass
@@ -35,6 +53,7 @@ class Pipeline:
     clock: Clock
     topics: dict[str, Any]
     reference: Any = None  # streams.reference.view.ReferenceData over the reference GlobalTables
+    watched: dict[str, WatchedTable] = field(default_factory=dict)  # tables sampled for state metrics
 
     def topic(self, spec: TopicSpec) -> Any:
         return self.topics[spec.suffix]
@@ -48,9 +67,22 @@ class Pipeline:
             for tp in revoked:
                 forget(tp.partition)
 
-    def table(self, name: str) -> Any:
+    def table(self, name: str, partition_of: Callable[[Any], int] | None = None,
+              persons: str | None = None) -> Any:
+        """A changelogged table, watched for the state metrics.
+
+        ``partition_of(key)`` is the partition that holds a key; the default,
+        ``partition_for(key)``, is right for tables keyed by what their stage is
+        partitioned by (route key, person id). ``persons``: the stage label under
+        which the table's entries count as ``touchline_persons``.
+        """
         # Keys and values are JSON in the changelog (Faust's default without a model type).
-        return self.app.Table(name, default=None, partitions=self.settings.partitions)
+        table = self.app.Table(name, default=None, partitions=self.settings.partitions)
+        n = self.settings.partitions
+        self.watched[name] = WatchedTable(
+            table, partition_of or (lambda key: partition_for(str(key), n)), persons,
+        )
+        return table
 
 
 _REFERENCES: dict[int, Any] = {}
@@ -134,3 +166,116 @@ def _register_views(p: Pipeline) -> None:
     @p.app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    _register_samplers(p)
+
+
+def _register_samplers(p: Pipeline) -> None:
+    """Timers that set the gauges no agent sets per batch: consumer lag, persons, state bytes."""
+    app = p.app
+    group = app.conf.id  # Faust's consumer group is the app id
+    lag_series: set[tuple[str, str, str]] = set()
+    state_series: set[tuple[str, str]] = set()
+    persons_series: set[tuple[str, str]] = set()
+    next_state_at = [0.0]
+
+    @app.timer(LAG_INTERVAL_S)
+    async def sample_consumer_lag() -> None:
+        now = faust_consumer_lag(app)
+        for (topic, partition), lag in now.items():
+            metrics.CONSUMER_LAG.labels(group, topic, str(partition)).set(lag)
+        current = {(group, topic, str(partition)) for topic, partition in now}
+        _drop(metrics.CONSUMER_LAG, lag_series - current)
+        lag_series.clear()
+        lag_series.update(current)
+
+    @app.timer(STATE_INTERVAL_S)
+    async def sample_state() -> None:
+        if time.monotonic() < next_state_at[0]:
+            return
+        started = time.monotonic()
+        try:
+            actives = app.assignor.assigned_actives()
+        except Exception:  # not assigned yet
+            return
+        state: set[tuple[str, str]] = set()
+        persons: set[tuple[str, str]] = set()
+        for name, watched in list(p.watched.items()):
+            topic = watched.table.changelog_topic.get_topic_name()
+            held = {tp.partition for tp in actives if tp.topic == topic}
+            sizes = await table_sizes(watched.table, watched.partition_of, held)
+            for partition, (count, size) in sizes.items():
+                metrics.STATE_BYTES.labels(name, str(partition)).set(size)
+                state.add((name, str(partition)))
+                if watched.persons is not None:
+                    metrics.PERSONS.labels(watched.persons, str(partition)).set(count)
+                    persons.add((watched.persons, str(partition)))
+        _drop(metrics.STATE_BYTES, state_series - state)
+        _drop(metrics.PERSONS, persons_series - persons)
+        state_series.clear()
+        state_series.update(state)
+        persons_series.clear()
+        persons_series.update(persons)
+        elapsed = time.monotonic() - started
+        next_state_at[0] = started + elapsed / STATE_MAX_LOOP_SHARE
+
+
+def _drop(gauge: Any, series: set[Any]) -> None:
+    for labels in series:
+        try:
+            gauge.remove(*labels)
+        except KeyError:
+            pass
+
+
+def faust_consumer_lag(app: Any) -> dict[tuple[str, int], int]:
+    """Lag of every assigned partition of the agents' source topics: the high watermark
+    the consumer last fetched minus the offset Faust committed (or 0 before any commit)."""
+    try:
+        consumer = app.consumer
+        assigned = consumer.assignment()
+    except Exception:  # consumer not started yet
+        return {}
+    sources = {name for agent in app.agents.values() for name in agent.get_topic_names()}
+    committed = getattr(consumer, "_committed_offset", {})  # Faust's own: group offsets, then its commits
+    lags = {}
+    for tp in assigned:
+        if tp.topic not in sources:
+            continue
+        try:
+            high = consumer.highwater(tp)
+        except Exception:  # revoked meanwhile
+            continue
+        if high is None or high < 0:  # nothing fetched yet
+            continue
+        lags[(tp.topic, tp.partition)] = metrics.lag_records(high, committed.get(tp))
+    return lags
+
+
+async def table_sizes(
+    table: Any, partition_of: Callable[[Any], int], partitions: set[int], chunk: int = 5000,
+) -> dict[int, tuple[int, int]]:
+    """partition -> (entries, approximate bytes) of a table, for the given partitions.
+
+    Counts every key; the bytes are the entry count times the mean JSON size
+    (key + value) of the first STATE_SAMPLE_VALUES entries of the partition. Yields
+    to the event loop every ``chunk`` keys.
+    """
+    counts = dict.fromkeys(partitions, 0)
+    sampled = {part: [0, 0] for part in partitions}  # bytes, entries
+    for i, key in enumerate(list(table.keys())):
+        if i and not i % chunk:
+            await asyncio.sleep(0)
+        part = partition_of(key)
+        if part not in counts:
+            continue
+        counts[part] += 1
+        sample = sampled[part]
+        if sample[1] < STATE_SAMPLE_VALUES:
+            value = table.get(key)
+            sample[0] += len(json.dumps(key, default=str)) + len(json.dumps(value, default=str))
+            sample[1] += 1
+    return {
+        part: (count, round(count * sampled[part][0] / sampled[part][1]) if sampled[part][1] else 0)
+        for part, count in counts.items()
+    }

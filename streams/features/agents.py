@@ -12,7 +12,9 @@ from streams.topics import FEATURED, MEMBER_FEATURES, PERSON_OPS, partition_for
 
 
 def register(p: Pipeline) -> None:
-    table = p.table("member-features")
+    table = p.table("member-features", persons="features")  # keyed by person id
+    processing = metrics.EVENT_PROCESSING_SECONDS.labels("features")
+    batch_seconds = metrics.STAGE_BATCH_SECONDS.labels("features")  # exists (at 0) from the start
     n = p.settings.partitions
     ops_topic, featured_topic = p.topic(PERSON_OPS), p.topic(FEATURED)
     snapshots_topic = p.topic(MEMBER_FEATURES)
@@ -41,7 +43,16 @@ def register(p: Pipeline) -> None:
                         "watermark_ms": 0, "ops": ops}
                 ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, move), partition=dest)
             featured_topic.send_soon(value=event.value, partition=part)
-            metrics.STAGE_BATCH_SECONDS.labels("features").observe(time.perf_counter() - started)
+            metrics.observe_many(processing, event_delays(batch["ops"], int(time.time() * 1000)))
+            batch_seconds.observe(time.perf_counter() - started)
+
+
+def event_delays(ops: list[dict[str, Any]], now_ms: int) -> list[float]:
+    """Seconds from each event op's event time to ``now_ms`` (0 when ahead)."""
+    return [
+        max(0, now_ms - op["event"]["touchpoint"]["event_time_ms"]) / 1000
+        for op in ops if op["kind"] == "event"
+    ]
 
 
 def _apply(

@@ -16,11 +16,11 @@ from streams.topics import ENRICHED, IDENTITY_CHANGES, INGESTED, PERSON_OPS, par
 
 
 def register(p: Pipeline) -> None:
-    links = p.table("identity-links")
+    links = p.table("identity-links", persons="identity")  # keyed by route key
     # Per identity partition: latest stream time heard from each raw partition.
-    clocks = p.table("identity-clocks")
+    clocks = p.table("identity-clocks", partition_of=int)
     # One entry per ingested batch: the event ids it introduced (streams/identity/dedup.py).
-    seen = p.table("identity-dedup")
+    seen = p.table("identity-dedup", partition_of=lambda key: int(str(key).split("|", 1)[0]))
     n = p.settings.partitions
     dedup = Dedup(int(p.settings.dedup_window_s * 1000), p.settings.dedup_max_ids)
 
@@ -28,6 +28,8 @@ def register(p: Pipeline) -> None:
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
     ops_topic = p.topic(PERSON_OPS)
     reference = p.reference
+    processing = metrics.EVENT_PROCESSING_SECONDS.labels("identity")
+    batch_seconds = metrics.STAGE_BATCH_SECONDS.labels("identity")  # exists (at 0) from the start
 
     @p.app.agent(p.topic(INGESTED), name="identity")
     async def identity(stream: Any) -> None:
@@ -49,12 +51,14 @@ def register(p: Pipeline) -> None:
                 seen[admitted.entry[0]] = admitted.entry[1]
             for key in admitted.expired:
                 seen.pop(key, None)
+            delays: list[float] = []
             for item, keep in zip(items, admitted.keep, strict=True):
                 if not keep:
                     tp = item["touchpoint"]
                     metrics.INGEST_OUTCOMES.labels(tp["channel"], tp["type"], "duplicate", "").inc()
                     continue
                 tp = item["touchpoint"] if reference is None else enrich(item["touchpoint"], reference)
+                delays.append(max(0, now_ms - tp["event_time_ms"]) / 1000)
                 res = resolve(tp, item["route_key"], links)
                 enriched = {
                     "person_id": res.person_id, "member_id": res.member_id, "processed_at_ms": now_ms,
@@ -73,6 +77,7 @@ def register(p: Pipeline) -> None:
                         {"kind": "merge", "person_id": res.merge.from_person, "event": None,
                          "other_person": res.merge.into_person, "absorbed": None}
                     )
+            metrics.observe_many(processing, delays)
             metrics.DUPLICATES.inc(admitted.keep.count(False))
             metrics.DEDUP_IDS.labels(str(part)).set(dedup.size(part))
             metrics.STREAM_TIME.labels("identity", str(part)).set(watermark)
@@ -83,7 +88,7 @@ def register(p: Pipeline) -> None:
                     "watermark_ms": watermark, "ops": by_person_part.get(dest, []),
                 }
                 ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, out), partition=dest)
-            metrics.STAGE_BATCH_SECONDS.labels("identity").observe(time.perf_counter() - started)
+            batch_seconds.observe(time.perf_counter() - started)
 
 
 def _publish_merge(topic: Any, m: Merge) -> None:

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams import avro, metrics
 from streams.clock import Clock, SystemClock
@@ -29,6 +29,7 @@ from streams.settings import Settings
 from streams.topics import DEAD_LETTERS, INGESTED, RAW
 
 log = logging.getLogger(__name__)
+LAG_INTERVAL_S = 5.0  # touchline_consumer_lag_records of the raw topic is sampled this often
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -53,6 +54,10 @@ class IngestService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._owned: set[int] = set()
+        # Raw partition -> the group's committed offset (None: nothing committed yet).
+        self._committed: dict[int, int | None] = {}
+        self._lag_at = 0.0
+        self._batch_seconds = metrics.STAGE_BATCH_SECONDS.labels("ingest")  # exists (at 0) from the start
         self._sent_times: dict[str, int] = {}
         self._seq = 0
         # Batch ids must never repeat across restarts: the identity stage's
@@ -88,6 +93,12 @@ class IngestService:
         def on_revoke(c: Any, parts: list[TopicPartition]) -> None:
             producer.flush()
             self._owned -= {p.partition for p in parts}
+            for p in parts:
+                self._committed.pop(p.partition, None)
+                try:
+                    metrics.CONSUMER_LAG.remove(s.group("ingest"), raw, str(p.partition))
+                except KeyError:
+                    pass
 
         consumer.subscribe([raw], on_assign=on_assign, on_revoke=on_revoke)
         try:
@@ -101,17 +112,42 @@ class IngestService:
                             log.warning("raw consume error: %s", err)
                         continue
                     records.append(RawRecord(m.partition(), m.offset(), m.value(), m.headers()))  # type: ignore[arg-type]
+                if time.monotonic() >= self._lag_at:
+                    self._sample_lag(consumer, raw)
+                    self._lag_at = time.monotonic() + LAG_INTERVAL_S
                 if not records and s.clock == "manual":
                     continue
                 self._process(records, producer, ingested, dlq, raw)
                 if records:
                     producer.flush()
-                    consumer.commit(asynchronous=False)
+                    for tp in consumer.commit(asynchronous=False) or []:
+                        if tp.offset >= 0 and tp.error is None:
+                            self._committed[tp.partition] = tp.offset
                 else:
                     producer.poll(0)
         finally:
             producer.flush(10)
             consumer.close()
+
+    def _sample_lag(self, consumer: Any, raw: str) -> None:
+        """touchline_consumer_lag_records of the owned raw partitions: the high watermark
+        librdkafka last fetched minus the offset this group committed."""
+        group = self.settings.group("ingest")
+        unknown = sorted(p for p in self._owned if p not in self._committed)
+        if unknown:  # just assigned: ask the group coordinator once
+            try:
+                for tp in consumer.committed([TopicPartition(raw, p) for p in unknown], timeout=5):
+                    if tp.error is None:
+                        self._committed[tp.partition] = tp.offset if tp.offset >= 0 else None
+            except KafkaException as exc:
+                log.debug("committed offsets of %s unavailable: %s", raw, exc)
+        for p in sorted(self._owned):
+            if p not in self._committed:
+                continue
+            low, high = consumer.get_watermark_offsets(TopicPartition(raw, p), cached=True)
+            if high < 0:  # nothing fetched from this partition yet
+                continue
+            metrics.CONSUMER_LAG.labels(group, raw, str(p)).set(metrics.lag_records(high, self._committed[p], low))
 
     def _process(self, records: list[RawRecord], producer: Any, ingested: str, dlq: str, raw: str) -> None:
         started = time.perf_counter()
@@ -144,4 +180,4 @@ class IngestService:
             metrics.EVENTS_INGESTED.labels(channel).inc(n)
         for labels, n in routed.outcomes.items():
             metrics.INGEST_OUTCOMES.labels(*labels).inc(n)
-        metrics.STAGE_BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+        self._batch_seconds.observe(time.perf_counter() - started)
