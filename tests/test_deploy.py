@@ -37,10 +37,22 @@ CLICKHOUSE_TABLES = {
 }
 # Prometheus metrics (streams/metrics.py) -> labels dashboards may group by.
 METRICS = {
-    "touchline_events_ingested_total": {"channel"},
+    "touchline_ingest_outcomes_total": {"channel", "type", "outcome", "reason"},
     "touchline_dead_letters_total": {"reason"},
+    "touchline_consumer_lag_records": {"group", "topic", "partition"},
+    "touchline_event_processing_seconds_bucket": {"stage", "le"},
+    "touchline_trigger_latency_seconds_bucket": {"rule", "le"},
     "touchline_triggers_fired_total": {"rule"},
+    "touchline_stage_batch_seconds_bucket": {"stage", "le"},
+    "touchline_persons": {"stage", "partition"},
+    "touchline_state_bytes": {"table", "partition"},
+    "touchline_stream_time_seconds": {"stage", "partition"},
     "touchline_sink_rows_written_total": {"table"},
+    "touchline_sink_insert_seconds_bucket": {"table", "le"},
+    "touchline_sink_batch_rows_bucket": {"table", "le"},
+    "touchline_sink_insert_retries_total": {"table"},
+    "touchline_sink_insert_failures_total": {"table"},
+    "touchline_sink_duplicate_rows_total": {"table"},
 }
 PROMETHEUS_BUILTIN = {"up": {"job", "instance"}}
 SQL_WORDS = {"SELECT", "FROM", "WHERE", "GROUP", "BY", "ORDER", "AS", "AND", "OR", "NOT", "IS",
