@@ -31,8 +31,18 @@ run: $(STAMP) ## run the whole pipeline on the embedded broker + chDB with simul
 bench: $(STAMP) ## events per CPU-second (1 and 2 workers) beside the raw ceiling; JSON in var/bench/
 	$(BIN)/touchline bench --events $(BENCH_EVENTS)
 
+# Debian's prometheus, for tests/test_prometheus.py (a real server scraping the stack).
+# Idempotent: nothing happens when a prometheus is on PATH; sudo only when not root.
+.PHONY: prometheus
+prometheus: ## install Prometheus (Debian package) unless it is on PATH
+	@command -v prometheus >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends prometheus; }
+	@prometheus --version 2>&1 | head -1
+
 .PHONY: test
-test: $(STAMP) ## run the whole test suite (unit, property, end-to-end on the embedded stack)
+test: $(STAMP) prometheus ## run the whole test suite (unit, property, end-to-end on the embedded stack)
 	$(BIN)/python -m pytest -q
 
 .PHONY: test-fast
