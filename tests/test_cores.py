@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import stat
@@ -21,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from streams import avro
+from streams import avro, topics
 from streams.clock import ManualClock
 from streams.deadletter import records as dl_records
 from streams.deadletter.sealing import Sealer
@@ -802,42 +803,68 @@ def test_statements_split_on_semicolons_and_drop_comment_lines() -> None:
     assert clickhouse.statements("SELECT 1") == ["SELECT 1"]
 
 
-def _migration_columns() -> dict[str, list[str]]:
-    tables: dict[str, list[str]] = {}
-    for _, _, sql in clickhouse.migrations():
-        for stmt in clickhouse.statements(sql):
-            m = re.match(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*)\) ENGINE", stmt, re.S)
-            if m:
-                tables[m.group(1)] = [line.strip().split()[0] for line in m.group(2).split(",\n") if line.strip()]
-    return tables
+def test_every_sink_table_takes_every_example_record_and_tombstone(tmp_path) -> None:
+    """Each sink table's row builder, fed every example of its topic's contract (schemas/examples) and a
+    tombstone where the topic is compacted, inserts into the real migrated table on chDB (child process),
+    with the columns in the table's own order."""
+    import subprocess
+    import sys
+
+    code = """
+import json, sys
+sys.path.insert(0, "tests")
+from test_schemas import load_example
+from streams import avro
+from streams.sink import rows
+from streams.sink.clickhouse import connect, migrate
+c = connect(sys.argv[1]); migrate(c)
+out = {}
+for spec, table in rows.TABLES.items():
+    cols = [r[0] for r in c.query(f"SELECT name FROM system.columns WHERE table = '{table.name}' "
+                                  "AND database = currentDatabase() ORDER BY position").result_rows]
+    assert sorted(cols) == sorted(table.columns), (table.name, cols, table.columns)
+    latest = avro.versions(spec.schema)[-1][0]
+    paths = sorted((avro.EXAMPLES_DIR / spec.schema / f"v{latest}").glob("*.json"))
+    assert paths, spec.schema
+    examples = [load_example(spec.schema, latest, p) for p in paths]
+    built = [table.build(avro.decode_as(spec.schema, avro.encode(spec.schema, e)), i) for i, e in enumerate(examples)]
+    if table.tombstone is not None:
+        built.append(table.tombstone("2026-11-11|web|c" if table.name == "ref_spend" else "k", 99))
+    assert all(len(r) == len(table.columns) for r in built), table.name
+    c.insert(table.name, built, column_names=table.columns)
+    out[table.name] = [len(built), c.query(f"SELECT count() FROM {table.name}").result_rows[0][0]]
+print(json.dumps(out))
+"""
+    out = subprocess.run([sys.executable, "-c", code, f"chdb://{tmp_path / 'chdb'}"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads(out.stdout)
+    assert set(counts) == {t.name for t in rows.TABLES.values()}
+    for table, (built, stored) in counts.items():
+        assert built >= 1 and stored == built, table
 
 
-def _sample_rows() -> dict[str, dict[str, Any]]:
-    tp = touchpoint("e1", "order_completed", T0, anonymous_id="c1",
-                    properties={"cart_id": "k1", "order_id": "o1", "revenue": 9.5, "product_id": "sku"})
-    s = cart_abandon.empty("p-1", 0)
-    cart_abandon.on_event(s, cart_event("product_added", T0, "k1"), DELAY)
-    [trig] = cart_abandon.fire_due(s, T0 + DELAY)
-    change = {"change_id": "c", "kind": "merge", "from_person": "p-a", "into_person": "p-b", "reason": "r",
-              "identifiers": ["anonymous_id:c1", "member_id:M1"], "evidence_event_id": "e1", "event_time_ms": T0}
-    dead = dl_records.build(Sealer(bytes(32)), reason="invalid_event", detail="d", topic="t", partition=1,
-                            offset=2, payload=b"x", failed_at_ms=T0)
-    return {avro.ENRICHED: enriched(tp), avro.IDENTITY_CHANGE: change, avro.TRIGGER: trig, avro.DEAD_LETTER: dead}
+def test_new_rows_inserts_each_key_once() -> None:
+    from streams.sink.service import new_rows
 
+    table = rows.TABLES[topics.ENRICHED]
+    k, t = table.columns.index("event_id"), table.columns.index("event_time")
 
-def test_every_row_builder_matches_its_columns_and_table() -> None:
-    samples = _sample_rows()
-    tables = _migration_columns()
-    assert set(rows.TABLES) == set(samples)
-    for contract, (table, columns, build) in rows.TABLES.items():
-        avro.encode(contract, samples[contract])  # the sample is a valid record of the contract
-        row = build(samples[contract])
-        assert len(columns) == len(row), table
-        assert len(set(columns)) == len(columns), table
-        assert tables[table] == columns, f"{table}: columns differ from the migrations"
-    # A touchpoint without properties still builds a full row.
-    bare = enriched(touchpoint("e2", "page_viewed", T0, anonymous_id="c1"))
-    assert len(rows.enriched_row(bare)) == len(rows.TABLES[avro.ENRICHED][1])
+    def row(event_id: str, at: int) -> list[Any]:
+        r: list[Any] = [None] * len(table.columns)
+        r[k], r[t] = event_id, at
+        return r
+
+    asked: list[tuple[list[str], Any]] = []
+
+    def stored(keys: list[str], span: Any) -> set[str]:
+        asked.append((keys, span))
+        return {"b"}
+
+    batch = [row("a", 5), row("b", 3), row("a", 9), row("c", 7)]
+    assert [r[k] for r in new_rows(table, batch, stored)] == ["a", "c"]
+    assert asked == [(["a", "b", "c"], (3, 7))]  # distinct keys, the time range of their first rows
+    assert new_rows(table, [], stored) == []
 
 
 def test_processes_racing_for_the_dead_letter_key_all_get_the_same_complete_key(tmp_path) -> None:
@@ -874,7 +901,9 @@ from streams.deadletter.sealing import Sealer
 from streams.sink import rows
 from streams.sink.clickhouse import connect, migrate
 c = connect(sys.argv[1]); migrate(c)
-table, columns, build = rows.TABLES[avro.DEAD_LETTER]
+from streams.topics import DEAD_LETTERS
+t = rows.TABLES[DEAD_LETTERS]
+table, columns, build = t.name, t.columns, t.build
 sealer = Sealer(bytes(32))
 letters = [
     records.build(sealer, reason="unknown_channel", detail="d", topic="t.raw", partition=3, offset=2**40,
