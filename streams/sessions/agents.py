@@ -20,7 +20,7 @@ from streams.topics import FEATURED, SESSIONS
 
 def register(p: Pipeline) -> None:
     table = p.table("session-open")
-    clocks = p.table("session-clocks")
+    clocks = p.table("session-clocks", partition_of=int)
     n = p.settings.partitions
     timeout_ms = int(p.settings.session_timeout_s * 1000)
     sessions_topic = p.topic(SESSIONS)
