@@ -28,7 +28,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from streams import avro
-from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.broker import EmbeddedBroker, free_port
 from streams.kafka.clients import create_topics
 from streams.processes import Supervisor, scrape_total
 from streams.settings import Settings
@@ -68,7 +68,8 @@ def ceiling(settings: Settings, expected: int) -> dict[str, float]:
 def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int, run_dir: Path) -> dict[str, float]:
     prefix = f"bench{workers}w{uuid.uuid4().hex[:4]}"
     s = base.with_overrides(kafka_bootstrap=broker.bootstrap, topic_prefix=prefix,
-                            data_dir=str(run_dir / prefix), clock="manual")
+                            data_dir=str(run_dir / prefix), clock="manual",
+                            sink_query_port=free_port())
     create_topics(s)
     sup = Supervisor(s, run_dir / prefix / "logs")
     try:
@@ -85,7 +86,7 @@ def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int,
         last = time.monotonic()
         while True:
             # The sink reads the enriched topic: rows in ClickHouse imply enriched records.
-            rows = int(scrape_total(sink.port, 'touchline_sink_rows_written_total{table="touchpoints_enriched"}'))
+            rows = int(scrape_total(sink.port, 'touchline_sink_records_stored_total{table="touchpoints_enriched"}'))
             if rows >= expected:
                 break
             if time.monotonic() - last > 10:

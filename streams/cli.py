@@ -85,18 +85,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_sink(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
-    from streams.sink.clickhouse import connect, migrate
-    from streams.sink.service import ClickHouseWriter, Sink
+    from streams.sink.query import QueryServer
+    from streams.sink.service import ClickHouseWriter, Sink, writer_for
 
     s = _settings()
     _need_broker(s)
-    client = connect(s.clickhouse_dsn)
-    migrate(client)
+    writer = ClickHouseWriter(s.clickhouse_dsn)  # connects (and migrates) on first use, retried like inserts
     start_http_server(s.sink_metrics_port, addr="0.0.0.0")
-    sink = Sink(s, ClickHouseWriter(client))
+    server = QueryServer(writer, s.sink_query_port).start()
+    sink = Sink(s, writer_for(s, writer))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: sink.stop_event.set())
-    sink.run()
+    try:
+        sink.run()
+    finally:
+        server.stop()
     return 0
 
 
@@ -206,9 +209,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from streams.report import clickhouse_summary
-    from streams.sink.clickhouse import connect
+    from streams.sink.query import rows
 
-    summary = clickhouse_summary(connect(_settings().clickhouse_dsn))
+    s = _settings()
+    summary = clickhouse_summary(lambda sql: rows(s, sql))
     print(json.dumps(summary, indent=None if args.json else 2))
     return 0
 

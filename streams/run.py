@@ -18,13 +18,15 @@ import threading
 import time
 from typing import Any
 
-from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.broker import EmbeddedBroker, free_port
 from streams.kafka.clients import create_topics
 from streams.processes import Child, Supervisor, scrape_total
 from streams.settings import Settings
-from streams.tally import TopicReader
+from streams.sink.rows import TABLES
+from streams.tally import TALLY_TOPICS, TopicReader
 
 SETTLE_TIMEOUT_S = 60.0
+TALLY_TABLES = tuple(TABLES[spec].name for spec in TALLY_TOPICS)  # where the sink stores what the tally reads
 
 
 def _line(started: float, t: Any, sent: int, rate: float) -> str:
@@ -51,7 +53,8 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
     interrupted = False
     try:
         broker.start()
-        settings = base.with_overrides(kafka_bootstrap=broker.bootstrap, data_dir=str(run_dir), clock="manual")
+        settings = base.with_overrides(kafka_bootstrap=broker.bootstrap, data_dir=str(run_dir), clock="manual",
+                                       sink_query_port=free_port())
         print(f"  embedded broker on {broker.bootstrap}; {len(create_topics(settings))} topics created")
         _touchline(settings, "migrate")
         _load_reference(settings, run_dir / "reference", SimConfig(seed=seed, events=events, persons=persons))
@@ -69,7 +72,8 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
 
         def send() -> None:
             produce(settings, traffic, rate=rate, on_progress=lambda n: sent.__setitem__(0, n))
-            send_clock_ticks(settings, truth.end_time_ms + delay_ms + 1)
+            # past every cart's due time and every session's timeout: all fire and close
+            send_clock_ticks(settings, truth.end_time_ms + max(delay_ms, int(settings.session_timeout_s * 1000)) + 1)
             sent[0] = truth.records_sent
 
         producer_thread = threading.Thread(target=send, daemon=True)
@@ -138,11 +142,13 @@ def _touchline(settings: Settings, *args: str) -> str:
 
 
 def _wait_for_sink(sink: Child, records: int) -> None:
-    """Until the sink has inserted every record the tally read from the same topics."""
+    """Until ClickHouse holds every record the tally read from the same topics."""
     assert sink.port is not None
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while time.monotonic() < deadline and sink.proc.poll() is None:
-        if scrape_total(sink.port, "touchline_sink_rows_written_total{") >= records:
+        stored = sum(scrape_total(sink.port, f'touchline_sink_records_stored_total{{table="{t}"}}')
+                     for t in TALLY_TABLES)
+        if stored >= records:
             return
         time.sleep(0.1)
     print(f"\n  the sink did not insert all {records:,} records within {SETTLE_TIMEOUT_S:.0f}s")

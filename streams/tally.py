@@ -64,6 +64,9 @@ class Tally:
         return dict(Counter(self.dead_letters.values()))
 
 
+TALLY_TOPICS = (ENRICHED, IDENTITY_CHANGES, TRIGGERS, DEAD_LETTERS)
+
+
 class TopicReader:
     def __init__(self, settings: Settings) -> None:
         self.tally = Tally()
@@ -75,7 +78,7 @@ class TopicReader:
         })
         self.consumer.assign([
             TopicPartition(spec.name(settings), p, OFFSET_BEGINNING)
-            for spec in (ENRICHED, IDENTITY_CHANGES, TRIGGERS, DEAD_LETTERS)
+            for spec in TALLY_TOPICS
             for p in range(spec.partitions(settings))
         ])
 

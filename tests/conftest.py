@@ -24,7 +24,7 @@ import pytest
 from streams import avro
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.clients import create_topics, producer
-from streams.processes import Supervisor
+from streams.processes import Supervisor, free_port
 from streams.settings import Settings
 from streams.tally import TopicReader
 from streams.topics import RAW
@@ -88,14 +88,16 @@ class Stack:
                 self.supervisor.stop(child)
 
     def query(self, sql: str) -> list[list[Any]]:
-        """Run SQL on the stack's ClickHouse in a separate process (chDB: one engine per process)."""
+        """Run read-only SQL on the stack's ClickHouse: through the running sink's query endpoint, or,
+        with the sink stopped, by opening chDB in a separate process (one engine per process)."""
         code = (
-            "import json,sys; from streams.sink.clickhouse import connect; "
-            "c = connect(sys.argv[1]); print(json.dumps(c.query(sys.argv[2]).result_rows, default=str))"
+            "import json,sys; from streams.settings import Settings; from streams.sink.query import rows; "
+            "print(json.dumps(rows(Settings.from_env(), sys.argv[1])))"
         )
-        out = subprocess.run([sys.executable, "-c", code, self.settings.clickhouse_dsn, sql],
-                             capture_output=True, text=True, check=True)
-        return json.loads(out.stdout)
+        out = subprocess.run([sys.executable, "-c", code, sql], capture_output=True, text=True,
+                             env={**os.environ, **self.settings.to_env()})
+        assert out.returncode == 0, out.stderr[-3000:]
+        return list(json.loads(out.stdout))
 
 
 @pytest.fixture
@@ -106,7 +108,8 @@ def stack_factory(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[.
         prefix = f"t{uuid.uuid4().hex[:8]}"
         settings = Settings(
             kafka_bootstrap=broker.bootstrap, topic_prefix=prefix, data_dir=str(tmp_path / prefix),
-            clock="manual", cart_abandon_delay_s=1800.0, sink_flush_interval_s=0.2, **overrides,
+            clock="manual", cart_abandon_delay_s=1800.0, sink_flush_interval_s=0.2,
+            **{"sink_query_port": free_port(), **overrides},
         )
         create_topics(settings)
         sup = Supervisor(settings, tmp_path / prefix / "logs")

@@ -1,13 +1,18 @@
-"""The sink process: output topics into ClickHouse in batches, committed after the insert.
+"""The sink process: sink topics into ClickHouse in batches, committed after the insert.
 
-One consumer reads the enriched, identity-change, trigger and dead-letter
-topics. Rows are cut into a batch by size or by time (injectable clock); a
-single writer thread inserts it while the consumer keeps reading the next,
-and the batch's Kafka offsets are committed only after ClickHouse accepted
-every table of it. A failed insert is retried with backoff, never skipped;
-while it is stuck, a full buffer stops the reading (backpressure). Because
-tables collapse rows on their deterministic ids, a replay after a crash
-between insert and commit leaves the results unchanged.
+One consumer reads every topic of ``streams.sink.rows.TABLES``. Rows are cut
+into a batch by size or by time (injectable clock); a single writer thread
+inserts it while the consumer keeps reading the next, and the batch's Kafka
+offsets are committed only after ClickHouse accepted every table of it. A
+failed insert (or an unreachable server) is retried with backoff, never
+skipped; while it is stuck, a full buffer stops the reading (backpressure).
+
+Replays (a crash between insert and commit, a worker republishing after its
+own crash) deliver rows again. Before inserting into a table with
+materialized views, the writer looks up which keys of the batch are stored
+already and inserts only the others, so the KPI views count each record once.
+The look-up and the insert run together inside the retry loop, so an insert
+that reached ClickHouse but whose answer was lost is not repeated.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, TopicPartition
@@ -27,32 +33,118 @@ from streams import avro, metrics
 from streams.clock import Clock, SystemClock
 from streams.kafka import clients
 from streams.settings import Settings
-from streams.sink.rows import TABLES
-from streams.topics import DEAD_LETTERS, ENRICHED, IDENTITY_CHANGES, TRIGGERS
+from streams.sink.rows import TABLES, Table
 
 log = logging.getLogger(__name__)
-SINK_TOPICS = (ENRICHED, IDENTITY_CHANGES, TRIGGERS, DEAD_LETTERS)
 
 
 class Writer(Protocol):
-    """The sink's fault seam: anything that can insert rows into a table."""
+    """What the sink needs from ClickHouse; the fault seam wraps it."""
 
     def insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None: ...
 
+    def stored_keys(self, table: Table, keys: list[str], time_range: tuple[Any, Any] | None) -> set[Any]: ...
+
 
 class ClickHouseWriter:
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    """A ClickHouse client made on first use (and again after a failure), with
+    the migrations applied, shared with the read-only query endpoint."""
+
+    def __init__(self, dsn: str, connect: Callable[[str], Any] | None = None) -> None:
+        self.dsn = dsn
+        self._connect = connect
+        self._client: Any = None
+        self.lock = threading.Lock()  # chDB: one engine, used by the writer and the query endpoint
+
+    def client(self) -> Any:
+        if self._client is None:
+            from streams.sink.clickhouse import connect, migrate
+
+            client = (self._connect or connect)(self.dsn)
+            migrate(client)
+            self._client = client
+        return self._client
+
+    def _run(self, fn: Callable[[Any], Any]) -> Any:
+        with self.lock:
+            try:
+                return fn(self.client())
+            except Exception:
+                if not self.dsn.startswith("chdb://"):
+                    self._client = None  # a server may have gone: reconnect next time
+                raise
 
     def insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self.client.insert(table, rows, column_names=columns)
+        self._run(lambda c: c.insert(table, rows, column_names=columns))
+
+    def stored_keys(self, table: Table, keys: list[str], time_range: tuple[Any, Any] | None) -> set[Any]:
+        sql = f"SELECT {table.key} FROM {table.name} WHERE {table.key} IN %(keys)s"
+        params: dict[str, Any] = {"keys": keys}
+        if time_range is not None and table.time_column:
+            # parameters travel with whole seconds: widen so the sub-second ends stay inside
+            sql += (f" AND {table.time_column} BETWEEN %(lo)s - INTERVAL 1 SECOND"
+                    f" AND %(hi)s + INTERVAL 1 SECOND")
+            params.update(lo=time_range[0], hi=time_range[1])
+        return {r[0] for r in self._run(lambda c: c.query(sql, parameters=params).result_rows)}
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """A read-only query (ClickHouse refuses writes under readonly=1)."""
+        result = self._run(lambda c: c.query(sql, settings={"readonly": 1}))
+        return list(result.column_names), list(result.result_rows)
+
+
+class FailingWriter:
+    """The fault seam: the first ``failures`` inserts raise as if ClickHouse were
+    down, then everything goes through to the real writer."""
+
+    def __init__(self, inner: Writer, failures: int) -> None:
+        self.inner = inner
+        self.remaining = failures
+
+    def insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
+        if self.remaining > 0:
+            self.remaining -= 1
+            raise ConnectionError(f"injected ClickHouse outage ({self.remaining} more failures to come)")
+        self.inner.insert(table, columns, rows)
+
+    def stored_keys(self, table: Table, keys: list[str], time_range: tuple[Any, Any] | None) -> set[Any]:
+        return self.inner.stored_keys(table, keys, time_range)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def writer_for(settings: Settings, inner: Writer) -> Writer:
+    """The writer the sink uses: the real one, behind the fault seam when it is set."""
+    if settings.sink_fault_failed_inserts > 0:
+        return FailingWriter(inner, settings.sink_fault_failed_inserts)
+    return inner
 
 
 @dataclass
 class Batch:
-    rows: dict[str, list[list[Any]]] = field(default_factory=lambda: defaultdict(list))
+    rows: dict[Table, list[list[Any]]] = field(default_factory=lambda: defaultdict(list))
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     size: int = 0
+
+
+def new_rows(table: Table, rows: list[list[Any]], stored: Callable[[list[str], tuple[Any, Any] | None], set[Any]]
+             ) -> list[list[Any]]:
+    """The rows of a batch to insert into an insert-once table: the first row of
+    each key, unless ClickHouse holds that key already."""
+    k = table.columns.index(table.key)
+    first: dict[Any, list[Any]] = {}
+    for row in rows:
+        first.setdefault(row[k], row)
+    if not first:
+        return []
+    time_range = None
+    if table.time_column:
+        t = table.columns.index(table.time_column)
+        times = [row[t] for row in first.values()]
+        time_range = (min(times), max(times))
+    known = stored(list(first), time_range)
+    return [row for key, row in first.items() if key not in known]
 
 
 class Sink:
@@ -65,12 +157,12 @@ class Sink:
         self.clock = clock or SystemClock()
         self.retry_sleep = retry_sleep
         self.stop_event = threading.Event()
-        self.columns = {table: cols for table, cols, _ in TABLES.values()}
+        self.by_topic = {spec.name(settings): table for spec, table in TABLES.items()}
 
     def run(self) -> None:
         s = self.settings
         consumer = clients.consumer(s, s.group("sink"), **{"client.id": "touchline-sink"})
-        consumer.subscribe([spec.name(s) for spec in SINK_TOPICS])
+        consumer.subscribe(list(self.by_topic))
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-writer")
         in_flight: tuple[Future[None], Batch] | None = None
         batch = Batch()
@@ -115,13 +207,20 @@ class Sink:
 
     def _add(self, batch: Batch, m: Any) -> None:
         batch.offsets[(m.topic(), m.partition())] = m.offset() + 1
+        table = self.by_topic[m.topic()]
+        value = m.value()
+        if value is None:  # a tombstone on a compacted topic
+            row = table.tombstone(m.key().decode(errors="replace"), m.offset()) if table.tombstone and m.key() else None
+            if row is not None:
+                batch.rows[table].append(row)
+                batch.size += 1
+            return
         try:
-            name, record = avro.decode(m.value())
+            _, record = avro.decode(value)
         except avro.WireFormatError as exc:
             log.error("skipping undecodable record %s/%d/%d: %s", m.topic(), m.partition(), m.offset(), exc)
             return
-        table, _, build = TABLES[name]
-        batch.rows[table].append(build(record))
+        batch.rows[table].append(table.build(record, m.offset()))
         batch.size += 1
 
     def _write(self, batch: Batch) -> None:
@@ -130,14 +229,22 @@ class Sink:
             while True:
                 started = time.perf_counter()
                 try:
-                    self.writer.insert(table, self.columns[table], rows)
+                    todo = rows
+                    if table.insert_once:
+                        todo = new_rows(table, rows, partial(self.writer.stored_keys, table))
+                    if todo:
+                        self.writer.insert(table.name, table.columns, todo)
                     break
                 except Exception as exc:
-                    metrics.SINK_FAILURES.labels(table).inc()
+                    metrics.SINK_FAILURES.labels(table.name).inc()
                     attempt += 1
                     if self.stop_event.is_set() and attempt > 3:
                         raise
-                    log.warning("insert into %s failed (attempt %d), retrying: %s", table, attempt, exc)
+                    log.warning("insert into %s failed (attempt %d), retrying: %s", table.name, attempt, exc)
+                    metrics.SINK_RETRIES.labels(table.name).inc()
                     self.retry_sleep(min(0.1 * 2**attempt, 5.0))
-            metrics.SINK_INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
-            metrics.SINK_ROWS.labels(table).inc(len(rows))
+            metrics.SINK_INSERT_SECONDS.labels(table.name).observe(time.perf_counter() - started)
+            metrics.SINK_BATCH_ROWS.labels(table.name).observe(len(todo))
+            metrics.SINK_ROWS.labels(table.name).inc(len(todo))
+            metrics.SINK_RECORDS.labels(table.name).inc(len(rows))
+            metrics.SINK_DUPLICATES.labels(table.name).inc(len(rows) - len(todo))
