@@ -154,6 +154,10 @@ def _wait_for_sink(sink: Child, records: int) -> None:
     print(f"\n  the sink did not insert all {records:,} records within {SETTLE_TIMEOUT_S:.0f}s")
 
 
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
 def _print_summary(tally: Any, ch: dict[str, Any], truth: dict[str, Any]) -> int:
     print("\nSummary (ClickHouse, output topics, simulator ground truth)")
     print(f"\n  Events by channel (ClickHouse: {ch['events']:,} events)")
@@ -162,6 +166,11 @@ def _print_summary(tally: Any, ch: dict[str, Any], truth: dict[str, Any]) -> int
     print("\n  Events by type")
     for kind, n in ch["events_by_type"].items():
         print(f"    {kind:18} {n:>8,}")
+    k = ch["kpis"]
+    print("\n  KPIs (definitions in README.md, same tables as the dashboards)")
+    print(f"    UV {k['uv']:,} · PV {k['pv']:,} · sessions {k['sessions']:,} · bounce rate "
+          f"{_pct(k['bounce_rate'])} · visit depth {k['visit_depth'] if k['visit_depth'] is not None else '-'}")
+    print(f"    orders {k['orders']:,} · GMV {k['gmv']:,.2f} · AOV {k['aov'] if k['aov'] is not None else '-'}")
     print("\n  Triggers by rule")
     for rule, n in (ch["triggers_by_rule"] or {"(none)": 0}).items():
         print(f"    {rule:18} {n:>8,}")
@@ -176,6 +185,8 @@ def _print_summary(tally: Any, ch: dict[str, Any], truth: dict[str, Any]) -> int
         ("cart-abandon triggers", ch["triggers_by_rule"].get("cart_abandon", 0), truth["abandoned_carts"]),
         ("triggered carts = abandoned carts", sorted(t["correlation_key"] for t in tally.triggers.values())
          == truth["abandoned_cart_ids"], True),
+        ("orders (KPI table)", ch["kpis"]["orders"], truth["orders"]),
+        ("GMV (KPI table)", round(ch["kpis"]["gmv"], 2), round(truth["revenue"], 2)),
         ("dead letters", sum(ch["dead_letters_by_reason"].values()), sum(truth["malformed_by_reason"].values())),
         ("dead letters by reason", ch["dead_letters_by_reason"], truth["malformed_by_reason"]),
     ]
