@@ -920,3 +920,39 @@ print(sorted(c.query(f"SELECT source_partition, source_offset FROM {table}").res
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(sorted([(3, 2**40), (-1, 14)]))
+
+
+def test_stored_keys_finds_every_key_of_a_large_batch_on_chdb(tmp_path) -> None:
+    """The sink's look-up of stored ids on real chDB (child process): a batch far larger than one query may
+    hold (ClickHouse's 256 KiB max_query_size), with event times on millisecond edges of the time range."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, copy
+sys.path.insert(0, "tests")
+from test_schemas import load_example
+from streams import avro
+from streams.sink.rows import TABLES
+from streams.sink.service import ClickHouseWriter, new_rows
+from streams.topics import ENRICHED
+table = TABLES[ENRICHED]
+latest = avro.versions(avro.ENRICHED)[-1][0]
+path = sorted((avro.EXAMPLES_DIR / avro.ENRICHED / f"v{latest}").glob("*.json"))[0]
+base = avro.decode_as(avro.ENRICHED, avro.encode(avro.ENRICHED, load_example(avro.ENRICHED, latest, path)))
+def rec(i):
+    r = copy.deepcopy(base)
+    r["touchpoint"]["event_id"] = f"{i:08d}-0000-4000-8000-{i:012d}"
+    r["touchpoint"]["event_time_ms"] = 1_793_462_400_000 + i * 7 + (999 if i % 2 else 1)
+    return r
+w = ClickHouseWriter(sys.argv[1])
+stored = [table.build(rec(i), i) for i in range(6000)]
+w.insert(table.name, table.columns, stored)
+batch = [table.build(rec(i), i) for i in range(3000, 9000)]
+fresh = new_rows(table, batch, lambda keys, span: w.stored_keys(table, keys, span))
+print(len(fresh), fresh[0][0] == rec(6000)["touchpoint"]["event_id"])
+"""
+    out = subprocess.run([sys.executable, "-c", code, f"chdb://{tmp_path / 'chdb'}"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["3000", "True"]  # ids 6000..8999 are new; 3000..5999 were stored

@@ -36,6 +36,7 @@ from streams.settings import Settings
 from streams.sink.rows import TABLES, Table
 
 log = logging.getLogger(__name__)
+LOOKUP_CHUNK = 1000  # keys per look-up query: 1000 uuids stay far below ClickHouse's 256 KiB max_query_size
 
 
 class Writer(Protocol):
@@ -85,7 +86,11 @@ class ClickHouseWriter:
             sql += (f" AND {table.time_column} BETWEEN %(lo)s - INTERVAL 1 SECOND"
                     f" AND %(hi)s + INTERVAL 1 SECOND")
             params.update(lo=time_range[0], hi=time_range[1])
-        return {r[0] for r in self._run(lambda c: c.query(sql, parameters=params).result_rows)}
+        found: set[Any] = set()
+        for i in range(0, len(keys), LOOKUP_CHUNK):  # keeps each query under max_query_size
+            chunk = {**params, "keys": keys[i:i + LOOKUP_CHUNK]}
+            found.update(r[0] for r in self._run(lambda c, p=chunk: c.query(sql, parameters=p).result_rows))
+        return found
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """A read-only query (ClickHouse refuses writes under readonly=1)."""
