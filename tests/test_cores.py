@@ -946,13 +946,13 @@ def rec(i):
     r["touchpoint"]["event_time_ms"] = 1_793_462_400_000 + i * 7 + (999 if i % 2 else 1)
     return r
 w = ClickHouseWriter(sys.argv[1])
-stored = [table.build(rec(i), i) for i in range(6000)]
+stored = [table.build(rec(i), i) for i in range(12000)]
 w.insert(table.name, table.columns, stored)
-batch = [table.build(rec(i), i) for i in range(3000, 9000)]
+batch = [table.build(rec(i), i) for i in range(6000, 18000)]
 fresh = new_rows(table, batch, lambda keys, span: w.stored_keys(table, keys, span))
-print(len(fresh), fresh[0][0] == rec(6000)["touchpoint"]["event_id"])
+print(len(fresh), fresh[0][0] == rec(12000)["touchpoint"]["event_id"])
 """
     out = subprocess.run([sys.executable, "-c", code, f"chdb://{tmp_path / 'chdb'}"],
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["3000", "True"]  # ids 6000..8999 are new; 3000..5999 were stored
+    assert out.stdout.split() == ["6000", "True"]  # ids 12000..17999 are new; 6000..11999 were stored
