@@ -10,6 +10,14 @@ Same machine, same generated data, same embedded broker for every figure:
   from /proc before and after; the broker and the load generator are not
   counted.
 
+- latency at half the maximum rate (the 2-worker run's events per wall
+  second): the first events of the same data produced at that rate into a
+  fresh 2-worker pipeline; per event, from the raw record's Kafka timestamp
+  (when the producer sent it) to the enriched record's Kafka timestamp
+  (event -> enriched) and to ``inserted_at``, stamped by ClickHouse when the
+  row and its KPI view rows were stored (event -> visible in ClickHouse).
+  Same machine clock on both ends.
+
 Results go to stdout as a table and to a JSON file for comparison between
 runs. This is a benchmark, not a test: nothing here asserts a target.
 """
@@ -103,6 +111,63 @@ def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int,
             "events_per_cpu_s": expected / cpu, "events_per_wall_s": expected / wall}
 
 
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    v = sorted(values)
+
+    def at(q: float) -> float:
+        return v[min(len(v) - 1, int(q * len(v)))]
+
+    return {"n": len(v), "p50_ms": at(0.50), "p99_ms": at(0.99), "p99_9_ms": at(0.999), "max_ms": v[-1]}
+
+
+def latency(base: Settings, broker: EmbeddedBroker, traffic: Any, rate: float, seconds: float,
+            run_dir: Path) -> dict[str, Any]:
+    """Event -> enriched and event -> visible in ClickHouse, producing at ``rate`` events/s."""
+    from streams.deadletter.inspect import read_to_end
+    from streams.simulate.traffic import Traffic
+    from streams.sink.query import SinkNotRunning, rows
+    from streams.topics import ENRICHED
+
+    count = max(500, min(len(traffic.records), int(rate * seconds)))
+    prefix = f"benchlat{uuid.uuid4().hex[:4]}"
+    s = base.with_overrides(kafka_bootstrap=broker.bootstrap, topic_prefix=prefix, data_dir=str(run_dir / prefix),
+                            clock="manual", sink_query_port=free_port())
+    create_topics(s)
+    sup = Supervisor(s, run_dir / prefix / "logs")
+    try:
+        for i in range(2):
+            sup.start_worker(i)
+        sup.start_sink()
+        time.sleep(8)  # group joins: the first events should not wait for them
+        produce(s, Traffic(traffic.records[:count], traffic.truth), rate=rate)
+        deadline = time.monotonic() + 300
+        stored = 0
+        while stored < count:
+            if time.monotonic() > deadline or sup.check_alive():
+                raise RuntimeError(f"latency run: {stored:,} of {count:,} events stored ({sup.check_alive()} died)")
+            try:
+                stored = int(rows(s, "SELECT count() FROM touchpoints_enriched", open_directly=False)[0][0])
+            except SinkNotRunning:
+                pass
+            time.sleep(0.2)
+        visible = rows(s, "SELECT raw_partition, raw_offset, toUnixTimestamp64Milli(inserted_at) "
+                          "FROM touchpoints_enriched", open_directly=False)
+        raw_ts = {(m.partition(), m.offset()): m.timestamp()[1] for m in read_to_end(s, RAW.name(s))}
+        to_enriched = []
+        for m in read_to_end(s, ENRICHED.name(s)):
+            r = avro.decode_as(avro.ENRICHED, m.value())
+            sent = raw_ts.get((r["raw_partition"], r["raw_offset"]))
+            if sent is not None:
+                to_enriched.append(float(m.timestamp()[1] - sent))
+        to_visible = [float(at - raw_ts[(p, o)]) for p, o, at in visible if (p, o) in raw_ts]
+    finally:
+        sup.stop()
+    return {"rate_events_per_s": rate, "events": count, "event_to_enriched": _percentiles(to_enriched),
+            "event_to_visible_in_clickhouse": _percentiles(to_visible)}
+
+
 def bench(events: int, out_path: Path) -> dict[str, Any]:
     base = Settings.from_env()
     run_dir = base.data_path / "bench"
@@ -118,6 +183,8 @@ def bench(events: int, out_path: Path) -> dict[str, Any]:
         result["ceiling"] = ceiling(s, traffic.truth.records_sent)
         result["pipeline_1w"] = pipeline(base, broker, traffic, 1, run_dir)
         result["pipeline_2w"] = pipeline(base, broker, traffic, 2, run_dir)
+        half = result["pipeline_2w"]["events_per_wall_s"] / 2
+        result["latency"] = latency(base, broker, traffic, half, 20.0, run_dir)
     c = result["ceiling"]["events_per_cpu_s"]
     p1, p2 = result["pipeline_1w"], result["pipeline_2w"]
     print(f"\nTouchline bench: {result['events']:,} events, {result['cpus']} CPUs\n")
@@ -127,6 +194,15 @@ def bench(events: int, out_path: Path) -> dict[str, Any]:
         print(f"  {label:38} {r['events_per_cpu_s']:>13,.0f} {r['events_per_cpu_s'] / c:>7.3f} "
               f"{r['events_per_wall_s']:>16,.0f}")
     print(f"\n  2 workers / 1 worker throughput (wall): {p2['events_per_wall_s'] / p1['events_per_wall_s']:.2f}x")
+    lat = result["latency"]
+    print(f"\n  latency at half the 2-worker rate ({lat['rate_events_per_s']:,.0f} events/s, "
+          f"{lat['events']:,} events), milliseconds:")
+    print(f"  {'':38} {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>8}")
+    for label, key in (("event -> enriched topic", "event_to_enriched"),
+                       ("event -> visible in ClickHouse KPIs", "event_to_visible_in_clickhouse")):
+        q = lat[key]
+        if q["n"]:
+            print(f"  {label:38} {q['p50_ms']:>8,.0f} {q['p99_ms']:>8,.0f} {q['p99_9_ms']:>8,.0f} {q['max_ms']:>8,.0f}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2))
     print(f"  written to {out_path}")
