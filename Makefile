@@ -41,8 +41,18 @@ prometheus: ## install Prometheus (Debian package) unless it is on PATH
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends prometheus; }
 	@prometheus --version 2>&1 | head -1
 
+# Debian's chromium, for tests/test_htmlreport.py (the HTML report rendered in a headless browser).
+# Idempotent like prometheus: nothing happens when a chromium is on PATH; sudo only when not root.
+.PHONY: chromium
+chromium: ## install Chromium (Debian package) unless it is on PATH
+	@command -v chromium >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends chromium; }
+	@chromium --version 2>/dev/null | head -1
+
 .PHONY: test
-test: $(STAMP) prometheus ## run the whole test suite (unit, property, end-to-end on the embedded stack)
+test: $(STAMP) prometheus chromium ## run the whole test suite (unit, property, end-to-end on the embedded stack)
 	$(BIN)/python -m pytest -q
 
 .PHONY: test-fast
