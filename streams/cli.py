@@ -212,6 +212,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     from streams.sink.query import rows
 
     s = _settings()
+    if args.html:
+        from pathlib import Path
+
+        from streams.htmlreport import write_report
+        from streams.sink.query import QueryError
+
+        path = Path(args.html).resolve()
+        try:
+            report = write_report(s, path)
+        except (QueryError, OSError) as exc:  # the time range could not be read, or the file not written
+            print(f"touchline report: {exc}", file=sys.stderr)
+            return 2
+        for p in report.failed:
+            print(f"touchline report: panel {p.panel.title!r} ({p.key}) failed: {p.error}", file=sys.stderr)
+        print(f"wrote {path}: {len(report.panels) - len(report.failed)} of {len(report.panels)} panels drawn "
+              f"from {len(report.sections)} dashboard(s)" + (f", {len(report.failed)} failed" if report.failed else ""))
+        return 1 if report.failed else 0
     summary = clickhouse_summary(lambda sql: rows(s, sql))
     print(json.dumps(summary, indent=None if args.json else 2))
     return 0
@@ -337,8 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="read, convert and count; send nothing (needs no broker)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("report", help="print the KPI summary from ClickHouse")
+    p = sub.add_parser("report", help="print the KPI summary from ClickHouse, or write the dashboards as an HTML file")
     p.add_argument("--json", action="store_true", help="one line of JSON")
+    p.add_argument("--html", metavar="FILE", default=None,
+                   help="write the dashboards' ClickHouse panels over the data's time range to FILE: one "
+                        "self-contained HTML page (no network needed); exits 1 if a panel's query failed")
     p.set_defaults(func=cmd_report)
     return parser
 
