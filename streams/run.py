@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from streams.kafka.broker import EmbeddedBroker, free_port
@@ -119,7 +120,8 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
     if interrupted:
         return 130
     ch = json.loads(_touchline(settings, "report", "--json"))
-    return _print_summary(reader.tally if reader else None, ch, truth.to_dict())
+    code = _print_summary(reader.tally if reader else None, ch, truth.to_dict())
+    return max(code, _html_report(settings, run_dir / "report.html"))
 
 
 def _load_reference(settings: Settings, directory: Any, config: Any) -> None:
@@ -139,6 +141,19 @@ def _touchline(settings: Settings, *args: str) -> str:
     if out.returncode != 0:
         raise SystemExit(f"touchline {' '.join(args)} failed:\n{out.stderr}")
     return out.stdout
+
+
+def _html_report(settings: Settings, path: Path) -> int:
+    """`touchline report --html` into the run directory. Every process has stopped, so it opens chDB itself."""
+    out = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "report", "--html", str(path)], env={**os.environ, **settings.to_env()},
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        print(f"\n  The HTML report has failed panels (or could not be written):\n{out.stderr.rstrip()}")
+    if path.exists():
+        print(f"\n  Open the report: {path.resolve().as_uri()}")
+    return 0 if out.returncode == 0 else 1
 
 
 def _wait_for_sink(sink: Child, records: int) -> None:

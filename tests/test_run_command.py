@@ -26,4 +26,7 @@ def test_run_summary_agrees_with_simulator_ground_truth(tmp_path: Path) -> None:
     assert "✗" not in out.stdout
     for heading in ("Events by channel", "Events by type", "Triggers by rule", "Dead letters by reason"):
         assert heading in out.stdout
+    report = tmp_path / "var" / "run" / "report.html"  # every dashboard panel's query ran (else exit 1)
+    assert out.stdout.rstrip().endswith(f"Open the report: {report.resolve().as_uri()}")
+    assert report.read_text().startswith("<!DOCTYPE html>")
     assert _live_pids_under(str(tmp_path)) == []
