@@ -84,11 +84,12 @@ def _is_clickhouse(ds: Any) -> bool:
     return isinstance(ds, Mapping) and (ds.get("uid") == CLICKHOUSE_UID or ds.get("type") == CLICKHOUSE_TYPE)
 
 
-def _walk(panels: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def walk(panels: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Every panel, the panels inside rows included."""
     out: list[Mapping[str, Any]] = []
     for p in panels:
         out.append(p)
-        out.extend(_walk(p.get("panels", [])))  # collapsed rows hold their panels
+        out.extend(walk(p.get("panels", [])))  # collapsed rows hold their panels
     return out
 
 
@@ -103,7 +104,7 @@ def clickhouse_panels(path_or_dashboard: Path | str | Mapping[str, Any]) -> list
     has none, is the touchline-clickhouse one."""
     dash = _load(path_or_dashboard)
     out: list[Panel] = []
-    for p in _walk(list(dash.get("panels", []))):
+    for p in walk(list(dash.get("panels", []))):
         if p.get("type") == "row":
             continue
         for t in p.get("targets", []):

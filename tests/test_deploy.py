@@ -30,11 +30,18 @@ from streams.topics import ALL_TOPICS
 CLI_SUBCOMMANDS = {"run", "worker", "sink", "simulate", "migrate", "topics", "broker", "report", "bench", "load", "schemas", "collect", "import", "dlq"}
 # ClickHouse tables (streams/sink/migrations) dashboards may read -> columns they may use.
 CLICKHOUSE_TABLES = {
-    "touchpoints_enriched": {"event_id", "event_type", "channel", "person_id", "member_id",
-                             "event_time", "processed_at", "store_id"},
-    "dead_letters": {"dead_letter_id", "reason", "failed_at"},
-    "triggers": {"trigger_id", "rule", "person_id", "fired_at"},
+    "kpi_events_hourly": {"hour", "channel", "store_id", "event_type", "events", "revenue", "items", "persons",
+                          "member_persons"},
+    "kpi_events_minute": {"minute", "channel", "events"},
+    "kpi_sessions_hourly": {"hour", "channel", "sessions", "bounces", "page_views", "converted"},
+    "kpi_persons": {"person_id", "first_seen", "first_touch", "first_referrer", "first_order", "orders", "revenue"},
+    "kpi_dead_letters_hourly": {"hour", "reason", "dead_letters"},
+    "touchpoints_enriched": {"event_type", "person_id", "event_time", "store_id"},
+    "sessions": {"session_id", "person_id", "start_time", "end_time"},
+    "ref_spend": {"day", "channel", "campaign_id", "amount", "clicks", "is_deleted"},
 }
+# Base tables are ReplacingMergeTree: a query must read them with FINAL to count a replayed row once.
+CLICKHOUSE_FINAL_TABLES = {"touchpoints_enriched", "sessions", "ref_spend"}
 # Prometheus metrics (streams/metrics.py) -> labels dashboards may group by.
 METRICS = {
     "touchline_ingest_outcomes_total": {"channel", "type", "outcome", "reason"},
@@ -56,7 +63,8 @@ METRICS = {
 }
 PROMETHEUS_BUILTIN = {"up": {"job", "instance"}}
 SQL_WORDS = {"SELECT", "FROM", "WHERE", "GROUP", "BY", "ORDER", "AS", "AND", "OR", "NOT", "IS",
-             "NULL", "IN", "LIMIT", "ASC", "DESC", "FINAL", "JOIN", "ON"}
+             "NULL", "IN", "LIMIT", "ASC", "DESC", "FINAL", "JOIN", "ON", "LEFT", "INNER", "FULL", "OUTER",
+             "CROSS", "USING"}
 CLICKHOUSE_HTTP_PORT = 8123  # clickhouse-server's default http_port (not overridden)
 PROMETHEUS_PORT = 9090  # Prometheus' default --web.listen-address (not overridden)
 # ----------------------------------------------------------------------------------
@@ -230,8 +238,11 @@ def test_dashboard_panels_use_provisioned_datasources() -> None:
 def test_dashboard_sql_reads_only_known_tables_and_columns() -> None:
     used = set()
     for query in queries("grafana-clickhouse-datasource"):
-        sql = query["rawSql"]
+        sql = re.sub(r"'(?:[^'\\]|\\.)*'", "''", query["rawSql"])  # string literals name no column
         tables = set(re.findall(r"\b(?:FROM|JOIN)\s+([A-Za-z_][\w.]*)", sql, re.I))
+        for table in tables & CLICKHOUSE_FINAL_TABLES:
+            reads = re.findall(rf"\b(?:FROM|JOIN)\s+{table}\b(?:\s+AS\s+\w+)?(\s+FINAL\b)?", sql, re.I)
+            assert all(reads), f"{table} without FINAL in {sql}"
         assert tables and tables <= set(CLICKHOUSE_TABLES), sql
         # bare identifiers that are not functions, macros, keywords, aliases or tables
         names = set(re.findall(r"(?<![$\w.])([A-Za-z_]\w*)\b(?!\s*\()", sql))
@@ -240,6 +251,26 @@ def test_dashboard_sql_reads_only_known_tables_and_columns() -> None:
         assert names <= columns, f"unknown columns {sorted(names - columns)} in {sql}"
         used |= tables
     assert used == set(CLICKHOUSE_TABLES)
+
+
+def test_clickhouse_dashboards_pin_the_plugin_and_the_reporting_time_zone() -> None:
+    from streams import dashboards
+
+    plugins = services()["grafana"]["environment"]["GF_PLUGINS_PREINSTALL_SYNC"].split(",")
+    assert f"grafana-clickhouse-datasource@{dashboards.PLUGIN_VERSION}" in plugins  # the macros it expands
+    home = env("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith("/etc/grafana/dashboards/") and (DEPLOY / "grafana/dashboards" / Path(home).name).is_file()
+    boards = [json.loads(p.read_text()) for p in dashboards.dashboards()]
+    assert len({b["uid"] for b in boards}) == len(boards)
+    for board in boards:
+        ids = [p["id"] for p in dashboards.walk(board["panels"])]
+        assert len(ids) == len(set(ids)), board["uid"]
+        if dashboards.clickhouse_panels(board):
+            tz = Settings().reporting_timezone
+            [var] = [v for v in board["templating"]["list"] if v["name"] == "reporting_tz"]
+            assert (var["type"], var["query"], var["current"]["value"], board["timezone"]) == ("constant", tz, tz, tz)
+            for panel in dashboards.clickhouse_panels(board):
+                assert "$__timeFilter" in panel.raw_sql or "$__fromTime" in panel.raw_sql, panel.title
 
 
 def test_dashboard_promql_uses_known_metrics() -> None:
