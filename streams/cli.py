@@ -59,11 +59,22 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from streams.sink.clickhouse import connect, migrate
+    from streams.sink.clickhouse import MigrationError, connect, migrate, script
+    from streams.sink.cluster import ClusterRewriteError
 
     s = _settings()
-    applied = migrate(connect(s.clickhouse_dsn))
-    print(f"{len(applied)} migration(s) applied to {s.clickhouse_dsn}: {', '.join(applied) or 'up to date'}")
+    if args.cluster is not None and not args.print:
+        raise SystemExit("touchline: --cluster goes with --print; to migrate a cluster set TOUCHLINE_CLICKHOUSE_CLUSTER "
+                         "(the sink migrates too, and must use the same layout)")
+    try:
+        if args.print:
+            print(script(s.clickhouse_cluster if args.cluster is None else args.cluster), end="")
+            return 0
+        applied = migrate(connect(s.clickhouse_dsn), s.clickhouse_cluster)
+    except (ClusterRewriteError, MigrationError) as exc:
+        raise SystemExit(f"touchline: {exc}") from exc
+    target = s.clickhouse_dsn + (f" (cluster {s.clickhouse_cluster})" if s.clickhouse_cluster else "")
+    print(f"{len(applied)} migration(s) applied to {target}: {', '.join(applied) or 'up to date'}")
     return 0
 
 
@@ -90,7 +101,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     s = _settings()
     _need_broker(s)
-    writer = ClickHouseWriter(s.clickhouse_dsn)  # connects (and migrates) on first use, retried like inserts
+    # connects (and migrates, in the cluster form when one is set) on first use, retried like inserts
+    writer = ClickHouseWriter(s.clickhouse_dsn, cluster=s.clickhouse_cluster)
     start_http_server(s.sink_metrics_port, addr="0.0.0.0")
     server = QueryServer(writer, s.sink_query_port).start()
     sink = Sink(s, writer_for(s, writer))
@@ -303,7 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", action="store_true", help="write a new version file for each changed schema")
     p.set_defaults(func=cmd_schemas)
 
-    sub.add_parser("migrate", help="apply ClickHouse migrations (idempotent)").set_defaults(func=cmd_migrate)
+    p = sub.add_parser("migrate", help="apply ClickHouse migrations (idempotent)")
+    p.add_argument("--print", action="store_true",
+                   help="print the statements instead of running them (no connection); the cluster form when "
+                        "TOUCHLINE_CLICKHOUSE_CLUSTER (or --cluster) is set")
+    p.add_argument("--cluster", metavar="NAME", default=None,
+                   help="with --print: show the form for this cluster (default TOUCHLINE_CLICKHOUSE_CLUSTER)")
+    p.set_defaults(func=cmd_migrate)
     sub.add_parser("topics", help="create the Kafka topics of the registry (idempotent)").set_defaults(func=cmd_topics)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")

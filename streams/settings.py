@@ -11,12 +11,14 @@ of setting ``TOUCHLINE_KAFKA_BOOTSTRAP``, ``TOUCHLINE_SCHEMA_REGISTRY_URL`` and
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TOUCHLINE_"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class SettingsError(ValueError):
@@ -34,6 +36,10 @@ class Settings:
     # State and storage
     data_dir: str = "var"
     clickhouse_url: str = ""  # empty: chdb:///<data_dir>/chdb
+    # ClickHouse cluster (remote_servers name) the migrations target: Replicated
+    # local tables + Distributed tables under the plain names, DDL ON CLUSTER.
+    # Empty: one node (a server or chDB). Not with chdb://.
+    clickhouse_cluster: str = ""
     store: str = "memory://"  # Faust table store; rocksdb:// for local disk
     # Processing
     ingest_batch_size: int = 2000
@@ -131,3 +137,15 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}CLICKHOUSE_URL must start with chdb://, http:// or https://, not {url!r}"
             )
+        if self.clickhouse_cluster:
+            if url.startswith("chdb://"):
+                raise SettingsError(
+                    f"{ENV_PREFIX}CLICKHOUSE_CLUSTER={self.clickhouse_cluster!r} needs a ClickHouse server: "
+                    f"embedded chDB ({url}) has no clusters. Set {ENV_PREFIX}CLICKHOUSE_URL to a node of "
+                    f"the cluster (http(s)://...), or leave {ENV_PREFIX}CLICKHOUSE_CLUSTER empty"
+                )
+            if not _IDENTIFIER.fullmatch(self.clickhouse_cluster):
+                raise SettingsError(
+                    f"{ENV_PREFIX}CLICKHOUSE_CLUSTER must be a cluster name of remote_servers "
+                    f"(letters, digits, _), not {self.clickhouse_cluster!r}"
+                )

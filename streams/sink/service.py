@@ -51,8 +51,9 @@ class ClickHouseWriter:
     """A ClickHouse client made on first use (and again after a failure), with
     the migrations applied, shared with the read-only query endpoint."""
 
-    def __init__(self, dsn: str, connect: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, dsn: str, connect: Callable[[str], Any] | None = None, cluster: str = "") -> None:
         self.dsn = dsn
+        self.cluster = cluster  # migrations in the cluster form (TOUCHLINE_CLICKHOUSE_CLUSTER)
         self._connect = connect
         self._client: Any = None
         self.lock = threading.Lock()  # chDB: one engine, used by the writer and the query endpoint
@@ -62,7 +63,7 @@ class ClickHouseWriter:
             from streams.sink.clickhouse import connect, migrate
 
             client = (self._connect or connect)(self.dsn)
-            migrate(client)
+            migrate(client, self.cluster)
             self._client = client
         return self._client
 
