@@ -87,10 +87,12 @@ class ClickHouseWriter:
             sql += (f" AND {table.time_column} BETWEEN %(lo)s - INTERVAL 1 SECOND"
                     f" AND %(hi)s + INTERVAL 1 SECOND")
             params.update(lo=time_range[0], hi=time_range[1])
+        def look_up(chunk: dict[str, Any]) -> Callable[[Any], Any]:
+            return lambda client: client.query(sql, parameters=chunk).result_rows
+
         found: set[Any] = set()
         for i in range(0, len(keys), LOOKUP_CHUNK):  # keeps each query under max_query_size
-            chunk = {**params, "keys": keys[i:i + LOOKUP_CHUNK]}
-            found.update(r[0] for r in self._run(lambda c, p=chunk: c.query(sql, parameters=p).result_rows))
+            found.update(r[0] for r in self._run(look_up({**params, "keys": keys[i:i + LOOKUP_CHUNK]})))
         return found
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
