@@ -25,7 +25,8 @@ IDS = [name for _, name, _ in MIGRATIONS]
 
 def kind(stmt: str) -> str:
     for k, pattern in [("table", r"CREATE\s+TABLE\b"), ("view", r"CREATE\s+MATERIALIZED\s+VIEW\b"),
-                       ("alter", r"ALTER\s+TABLE\b"), ("insert", r"INSERT\s+INTO\b")]:
+                       ("plain_view", r"CREATE\s+VIEW\b"), ("alter", r"ALTER\s+TABLE\b"),
+                       ("insert", r"INSERT\s+INTO\b")]:
         if re.match(pattern, stmt, re.I):
             return k
     return "other"
@@ -93,6 +94,9 @@ def test_each_form_is_rewritten_as_documented(version: int, name: str, sql: str)
             assert out == [f"ALTER TABLE {m.group(1)}_local{on}{m.group(2)}", f"ALTER TABLE {m.group(1)}{on}{m.group(2)}"]
         elif k == "insert":
             assert out == [stmt]  # backfills read and write the Distributed tables
+        elif k == "plain_view":  # query-time views read the Distributed tables, created on every node
+            name = re.match(r"CREATE\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", stmt).group(1)  # type: ignore[union-attr]
+            assert out == [stmt.replace(f" {name} ", f" {name}{on} ", 1)]
 
 
 def test_the_cluster_keeps_every_single_node_name_and_adds_replicated_local_tables() -> None:
@@ -231,7 +235,6 @@ def test_forms_beyond_the_shipped_ones() -> None:
 @pytest.mark.parametrize("stmt", [
     "DROP TABLE touchpoints_enriched",
     "RENAME TABLE a TO b",
-    "CREATE VIEW v AS SELECT 1",
     "CREATE TABLE t (a UInt8) ENGINE = Memory",
     "CREATE TABLE t (a UInt8) ENGINE = ReplicatedMergeTree('/p', 'r') ORDER BY a",
     "CREATE TABLE t (a UInt8) ENGINE = MergeTree ORDER BY tuple()",
@@ -368,3 +371,9 @@ def test_cluster_setting() -> None:
         Settings.from_env({"TOUCHLINE_CLICKHOUSE_URL": "chdb:///tmp/x", "TOUCHLINE_CLICKHOUSE_CLUSTER": CLUSTER})
     with pytest.raises(SettingsError, match="letters, digits"):
         Settings.from_env({"TOUCHLINE_CLICKHOUSE_URL": url, "TOUCHLINE_CLICKHOUSE_CLUSTER": "a b"})
+
+
+def test_a_plain_view_is_created_on_the_cluster_over_the_distributed_tables() -> None:
+    sql = "CREATE VIEW IF NOT EXISTS v AS SELECT x FROM t FINAL WHERE y < {n:UInt32}"
+    assert cluster_statements([sql], "touchline") == [
+        "CREATE VIEW IF NOT EXISTS v ON CLUSTER touchline AS SELECT x FROM t FINAL WHERE y < {n:UInt32}"]

@@ -956,3 +956,57 @@ print(len(fresh), fresh[0][0] == rec(12000)["touchpoint"]["event_id"])
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["6000", "True"]  # ids 12000..17999 are new; 6000..11999 were stored
+
+
+def test_trigger_outcomes_attribute_each_order_to_the_latest_trigger_within_the_window(tmp_path) -> None:
+    """trigger_outcomes(window_days = N) on real chDB (child process), rows inserted as the sink builds them."""
+    import subprocess
+    import sys
+
+    code = """
+import copy, json, sys
+sys.path.insert(0, "tests")
+from test_schemas import load_example
+from streams import avro
+from streams.sink.clickhouse import connect, migrate
+from streams.sink.rows import TABLES
+from streams.topics import ENRICHED, TRIGGERS
+H, D, T0 = 3_600_000, 86_400_000, 1_793_462_400_000
+c = connect(sys.argv[1]); migrate(c)
+def example(name):
+    latest = avro.versions(name)[-1][0]
+    path = sorted((avro.EXAMPLES_DIR / name / f"v{latest}").glob("*.json"))[0]
+    return avro.decode_as(name, avro.encode(name, load_example(name, latest, path)))
+order, trig = example(avro.ENRICHED), example(avro.TRIGGER)
+def o(event_id, person, at, revenue):
+    r = copy.deepcopy(order); r["person_id"] = person
+    r["touchpoint"].update(event_id=event_id, type="order_completed", event_time_ms=at)
+    r["touchpoint"]["properties"] = avro.decode_as(avro.ENRICHED, avro.encode(avro.ENRICHED, r))["touchpoint"]["properties"]
+    r["touchpoint"]["properties"]["order"] = {**(r["touchpoint"]["properties"].get("order") or {}),
+                                              "order_id": event_id, "revenue": revenue}
+    return r
+def t(trigger_id, person, at):
+    return {**trig, "trigger_id": trigger_id, "person_id": person, "fired_at_ms": at, "due_at_ms": at}
+orders = [o("before", "p1", T0 + 9 * H, 10.0), o("day1", "p1", T0 + D + 12 * H, 20.0),
+          o("day3", "p1", T0 + 3 * D + 9 * H, 30.0), o("day12", "p1", T0 + 12 * D, 40.0),
+          o("other", "p2", T0 + D, 50.0)]
+triggers = [t("A", "p1", T0 + 10 * H), t("B", "p1", T0 + 2 * D + 10 * H)]
+for spec, records in ((ENRICHED, orders), (TRIGGERS, triggers)):
+    table = TABLES[spec]
+    c.insert(table.name, [table.build(r, i) for i, r in enumerate(records)], column_names=table.columns)
+out = {}
+for days in (7, 1):
+    out[days] = [list(r) for r in c.query(
+        f"SELECT trigger_id, order_event_id, revenue FROM trigger_outcomes(window_days = {days}) "
+        "ORDER BY order_event_id").result_rows]
+print(json.dumps(out))
+"""
+    out = subprocess.run([sys.executable, "-c", code, f"chdb://{tmp_path / 'chdb'}"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout)
+    # 7 days: day1 (26 h after A, before B) -> A; day3 (23 h after B) -> B, the latest; "before" precedes every
+    # trigger; day12 is 9.6 days after B; p2 has no trigger.
+    assert got["7"] == [["A", "day1", 20.0], ["B", "day3", 30.0]]
+    # 1 day: day1 is 26 h after A, outside; day3 is 23 h after B, inside.
+    assert got["1"] == [["B", "day3", 30.0]]

@@ -19,6 +19,9 @@ the tests can show the cluster form without a cluster. Single-node migrations
     ``V ON CLUSTER c TO T_local ... FROM B_local``: a view fires on each
     shard's local inserts into ``B_local`` and writes that shard's part of
     ``T``; queries read ``T`` (Distributed), which merges the shards' states.
+``CREATE VIEW [IF NOT EXISTS] V AS SELECT ...`` (plain, query-time views)
+    ``V ON CLUSTER c``, reading the Distributed tables: evaluated on the node
+    that is queried, over every shard.
 ``ALTER TABLE X <column actions>``
     the same ALTER ``ON CLUSTER c`` on ``X_local``, then on ``X``.
 ``INSERT INTO X [(...)] SELECT ...`` (backfills)
@@ -51,6 +54,7 @@ _NEXT_CLAUSE = re.compile(r"\b(PRIMARY\s+KEY|SAMPLE\s+BY|TTL|SETTINGS|PARTITION\
 _CREATE_MV = re.compile(
     rf"CREATE\s+MATERIALIZED\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?({_NAME})\s+TO\s+({_NAME})\s+AS\s+SELECT\b", re.I)
 _FROM = re.compile(rf"\bFROM\s+({_NAME})(?![\w.(])", re.I)
+_CREATE_VIEW = re.compile(rf"CREATE\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?({_NAME})\s+AS\b", re.I)
 _ALTER = re.compile(rf"ALTER\s+TABLE\s+({_NAME})\s+", re.I)
 _INSERT_SELECT = re.compile(rf"INSERT\s+INTO\s+({_NAME})\s*(?:\([^()]*\)\s*)?SELECT\b", re.I)
 
@@ -91,12 +95,14 @@ def _rewrite(stmt: str, cluster: str) -> list[str]:
         return _create_table(stmt, masked, m, cluster)
     if m := _CREATE_MV.match(masked):
         return [_materialized_view(stmt, masked, m, cluster)]
+    if m := _CREATE_VIEW.match(masked):  # evaluated where queried, over the Distributed tables
+        return [_apply(stmt, [(m.end(1), m.end(1), f" ON CLUSTER {cluster}")])]
     if m := _ALTER.match(masked):
         return _alter(stmt, masked, m, cluster)
     if _INSERT_SELECT.match(masked):
         return [stmt]
     raise _error(stmt, "its form is not one the cluster rewrite knows (CREATE TABLE ... ENGINE = *MergeTree, "
-                       "CREATE MATERIALIZED VIEW ... TO ... AS SELECT, ALTER TABLE ... column actions, "
+                       "CREATE MATERIALIZED VIEW ... TO ... AS SELECT, CREATE VIEW ... AS, ALTER TABLE ... column actions, "
                        "INSERT INTO ... SELECT); teach streams/sink/cluster.py this form")
 
 
