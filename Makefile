@@ -31,28 +31,23 @@ run: $(STAMP) ## run the whole pipeline on the embedded broker + chDB with simul
 bench: $(STAMP) ## events per CPU-second (1 and 2 workers) beside the raw ceiling; JSON in var/bench/
 	$(BIN)/touchline bench --events $(BENCH_EVENTS)
 
-# Debian's prometheus, for tests/test_prometheus.py (a real server scraping the stack).
-# Idempotent: nothing happens when a prometheus is on PATH; sudo only when not root.
-.PHONY: prometheus
+# Debian packages the end-to-end tests run for real: prometheus (tests/test_prometheus.py,
+# a server scraping the stack) and chromium (tests/test_htmlreport.py, the HTML report in
+# a headless browser). Idempotent: nothing happens when the command is on PATH; sudo only
+# when not root.
+DEBIAN_TOOLS := prometheus chromium
+.PHONY: $(DEBIAN_TOOLS)
 prometheus: ## install Prometheus (Debian package) unless it is on PATH
-	@command -v prometheus >/dev/null || { \
-	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-	  $$sudo apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends prometheus; }
-	@prometheus --version 2>&1 | head -1
-
-# Debian's chromium, for tests/test_htmlreport.py (the HTML report rendered in a headless browser).
-# Idempotent like prometheus: nothing happens when a chromium is on PATH; sudo only when not root.
-.PHONY: chromium
 chromium: ## install Chromium (Debian package) unless it is on PATH
-	@command -v chromium >/dev/null || { \
+$(DEBIAN_TOOLS):
+	@command -v $@ >/dev/null || { \
 	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$sudo apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends chromium; }
-	@chromium --version 2>/dev/null | head -1
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $@; }
+	@$@ --version 2>/dev/null | head -1
 
 .PHONY: test
-test: $(STAMP) prometheus chromium ## run the whole test suite (unit, property, end-to-end on the embedded stack)
+test: $(STAMP) $(DEBIAN_TOOLS) ## run the whole test suite (unit, property, end-to-end on the embedded stack)
 	$(BIN)/python -m pytest -q
 
 .PHONY: test-fast
