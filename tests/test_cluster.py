@@ -8,7 +8,13 @@ below, and `migrate` against a recording client.
 
 from __future__ import annotations
 
+import json
 import re
+import signal
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +23,7 @@ from streams.cli import main
 from streams.settings import Settings, SettingsError
 from streams.sink import clickhouse
 from streams.sink.cluster import ClusterRewriteError, cluster_statements, local_name
+from streams.sink.rows import TABLES
 
 CLUSTER = "touchline"
 MIGRATIONS = clickhouse.migrations()
@@ -377,3 +384,86 @@ def test_a_plain_view_is_created_on_the_cluster_over_the_distributed_tables() ->
     sql = "CREATE VIEW IF NOT EXISTS v AS SELECT x FROM t FINAL WHERE y < {n:UInt32}"
     assert cluster_statements([sql], "touchline") == [
         "CREATE VIEW IF NOT EXISTS v ON CLUSTER touchline AS SELECT x FROM t FINAL WHERE y < {n:UInt32}"]
+
+
+# --- the cluster form on chDB (child processes) ---------------------------------------------
+# chDB has no Keeper or DDL queue but serves a cluster of shards on "localhost" in-process:
+# tests/chdb_cluster_child.py runs the cluster form there (less ON CLUSTER, Replicated engines as
+# plain ones), with the sink's own writer, and every report and dashboard query.
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+CLUSTER_DIR = DEPLOY / "clickhouse" / "cluster"
+
+
+def profile_settings(profile: str) -> dict[str, str]:
+    """The settings deploy/clickhouse/cluster/users.d/cluster.xml adds to a profile."""
+    root = ET.parse(CLUSTER_DIR / "users.d" / "cluster.xml").getroot()
+    node = root.find(f"profiles/{profile}")
+    assert node is not None, profile
+    return {child.tag: (child.text or "").strip() for child in node}
+
+
+@pytest.fixture(scope="module")
+def chdb_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("chdb-cluster")
+    profile = json.dumps(profile_settings("default"))
+    procs = {mode: subprocess.Popen([sys.executable, str(ROOT / "tests" / "chdb_cluster_child.py"), mode,
+                                     str(base / mode), profile], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, cwd=ROOT)
+             for mode in ("single", "one-shard", "two-shards", "replicated")}
+    out = {}
+    for mode, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=240)
+        # "replicated" ends itself with SIGKILL once it has printed (chDB hangs closing replicated tables)
+        assert proc.returncode == (-signal.SIGKILL if mode == "replicated" else 0), f"{mode}: {stderr[-3000:]}"
+        out[mode] = json.loads(stdout)
+    return out
+
+
+def test_on_one_shard_the_cluster_form_answers_every_query_as_one_node(chdb_runs: dict[str, Any]) -> None:
+    single, one = chdb_runs["single"], chdb_runs["one-shard"]
+    engines = dict(one["tables"])
+    assert all(engines[name] == "Distributed" and engines[local_name(name)] != "Distributed"
+               for name, engine in single["tables"] if engine not in ("MaterializedView", "View")
+               and name != "schema_migrations")
+    assert one["migrated_again"] == single["migrated_again"] == []  # the sink migrated first; nothing is left
+    # the sink's writer: every row inserted through the Distributed tables, every key found again
+    assert one["inserted"] == single["inserted"] and one["found_again"] == one["inserted"]
+    assert one["counts"] == single["counts"] and min(one["counts"].values()) >= 1
+    assert one["kpi_rows"] == {**single["kpi_rows"], **{local_name(k): v for k, v in single["kpi_rows"].items()}}
+    assert one["report"] == single["report"] and one["report"]["kpis"]["orders"] > 0
+    assert one["views"] == single["views"] and all(single["views"].values())
+    assert one["panels"] == single["panels"] and len(single["panels"]) >= 10
+
+
+def test_on_two_shards_every_query_runs_with_the_cluster_profile(chdb_runs: dict[str, Any]) -> None:
+    """Two shards make ClickHouse plan queries as distributed. Both are this one engine, so a
+    read sees every row twice: only that the queries run is checked here."""
+    single, two = chdb_runs["single"], chdb_runs["two-shards"]
+    assert set(two["panels"]) == set(single["panels"]) and set(two["views"]) == set(single["views"])
+    assert two["counts"] == {k: 2 * v for k, v in single["counts"].items()}
+    assert two["found_again"] == two["inserted"]
+    # without the profile's distributed_product_mode, the panels that JOIN two Distributed tables fail
+    assert profile_settings("default")["distributed_product_mode"] == "global"
+    assert all("Double-distributed IN/JOIN subqueries is denied" in err for _, err in two["refused_without_profile"])
+
+
+def test_every_cluster_statement_parses_and_the_replicated_tables_take_the_macros(chdb_runs: dict[str, Any]) -> None:
+    plan = [s for _, _, stmts in clickhouse.plan(CLUSTER) for s in stmts]
+    assert chdb_runs["one-shard"]["parsed"] == len(clickhouse.migrations_table_statements(CLUSTER)) + len(plan)
+    locals_ = {created_name(s) for s in plan if kind(s) == "table" and created_name(s).endswith("_local")}
+    replicas = {table: (engine, path, replica) for table, engine, path, replica in chdb_runs["replicated"]["replicas"]}
+    assert set(replicas) == locals_ | {"schema_migrations"}
+    for table, (engine, path, replica) in replicas.items():
+        assert engine.startswith("Replicated") and replica == "ch-s1-r1", table
+        shard = "" if table == "schema_migrations" else "1/"  # the migrations table is on every node
+        assert path == f"/clickhouse/tables/{shard}replicated_check/{table}", table
+
+
+def test_the_sinks_keys_are_the_sharding_keys() -> None:
+    """A record's key decides its shard, so a replayed record lands where the first copy is and
+    the base tables' ReplacingMergeTree collapses them there."""
+    dist = {created_name(c): c for _, out in rewrite_all() for c in out if "ENGINE = Distributed(" in c}
+    for table in TABLES.values():
+        assert dist[table.name].endswith(f"cityHash64({table.key}))"), table.name
