@@ -16,8 +16,10 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from streams.cli import main
 from streams.settings import Settings, SettingsError
@@ -467,3 +469,144 @@ def test_the_sinks_keys_are_the_sharding_keys() -> None:
     dist = {created_name(c): c for _, out in rewrite_all() for c in out if "ENGINE = Distributed(" in c}
     for table in TABLES.values():
         assert dist[table.name].endswith(f"cityHash64({table.key}))"), table.name
+
+
+# --- deploy/docker-compose.cluster.yml and deploy/clickhouse/cluster/ ------------------------
+
+
+def compose(name: str) -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / name).read_text())
+
+
+def cluster_services() -> dict[str, dict[str, Any]]:
+    return compose("docker-compose.cluster.yml")["services"]
+
+
+def clickhouse_nodes() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in cluster_services().items() if s["image"].startswith("clickhouse/clickhouse-server:")}
+
+
+def keeper_nodes() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in cluster_services().items() if s["image"].startswith("clickhouse/clickhouse-keeper:")}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """container path -> file in deploy/ of each bind mount."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            out[target] = (DEPLOY / source).resolve()
+    return out
+
+
+def xml(path: Path) -> ET.Element:
+    return ET.parse(path).getroot()
+
+
+def test_cluster_compose_parses_with_two_shards_of_two_replicas_and_three_keepers() -> None:
+    nodes, keepers = clickhouse_nodes(), keeper_nodes()
+    assert len(nodes) == 4 and len(keepers) == 3
+    server_image = compose("docker-compose.yml")["services"]["clickhouse"]["image"]
+    assert {s["image"] for s in nodes.values()} == {server_image}
+    assert {s["image"].rsplit(":", 1)[1] for s in keepers.values()} == {server_image.rsplit(":", 1)[1]}
+    for name, service in {**nodes, **keepers}.items():
+        assert service["hostname"] == name
+        for target, source in mounts(service).items():
+            assert source.is_file(), f"{name}: {source}"
+            if target.endswith(".xml"):
+                xml(source)  # parses
+    for name in nodes:
+        assert set(nodes[name]["depends_on"]) == set(keepers)
+        assert "system.zookeeper" in " ".join(nodes[name]["healthcheck"]["test"])  # healthy = has a Keeper session
+    # the single-node name stays, on exactly one node: the DSN and Grafana's datasource are unchanged
+    assert len(aliased()) == 1
+
+
+def test_every_node_has_the_cluster_config_and_its_own_macros() -> None:
+    nodes = clickhouse_nodes()
+    remote = xml(CLUSTER_DIR / "config.d" / "cluster.xml")
+    [cluster] = list(remote.find("remote_servers"))  # type: ignore[arg-type]
+    assert cluster.findtext("secret")  # inter-node queries run as their user, not `default`
+    topology = {}
+    for number, shard in enumerate(cluster.findall("shard"), start=1):
+        assert shard.findtext("internal_replication") == "true"
+        for replica in shard.findall("replica"):
+            topology[replica.findtext("host")] = (str(number), replica.findtext("port"))
+    assert set(topology) == set(nodes) and len(cluster.findall("shard")) == 2
+    seen_replicas = set()
+    for name, service in nodes.items():
+        files = mounts(service)
+        assert files["/etc/clickhouse-server/config.d/cluster.xml"] == CLUSTER_DIR / "config.d" / "cluster.xml"
+        assert files["/etc/clickhouse-server/users.d/cluster.xml"] == CLUSTER_DIR / "users.d" / "cluster.xml"
+        assert files["/etc/clickhouse-server/users.d/touchline.xml"] == DEPLOY / "clickhouse" / "users.d" / "touchline.xml"
+        assert files["/etc/clickhouse-server/config.d/touchline.xml"] == DEPLOY / "clickhouse" / "config.d" / "touchline.xml"
+        macros = xml(files["/etc/clickhouse-server/config.d/macros.xml"]).find("macros")
+        assert macros is not None, name
+        shard, replica = macros.findtext("shard"), macros.findtext("replica")
+        assert (shard, topology[name][1]) == (topology[name][0], "9000"), name  # its shard in remote_servers
+        assert replica == name  # unique across the cluster: schema_migrations is replicated on every node
+        seen_replicas.add(replica)
+    assert len(seen_replicas) == len(nodes)
+    # the statements use exactly the macros the nodes define
+    used = set(re.findall(r"\{(\w+)\}", " ".join(s for _, _, stmts in clickhouse.plan(CLUSTER) for s in stmts)))
+    assert used == {"shard", "database", "replica"}
+
+
+def test_keepers_form_one_quorum_and_the_nodes_know_them() -> None:
+    servers, rafts = {}, []
+    for name, service in keeper_nodes().items():
+        config = xml(mounts(service)["/etc/clickhouse-keeper/keeper_config.xml"])
+        ks = config.find("keeper_server")
+        assert ks is not None and ks.find("server_id").get("from_env") == "KEEPER_SERVER_ID"  # type: ignore[union-attr]
+        servers[name] = (service["environment"]["KEEPER_SERVER_ID"], ks.findtext("tcp_port"))
+        rafts.append({s.findtext("hostname"): s.findtext("id") for s in ks.findall("raft_configuration/server")})
+    # one Raft configuration: every keeper service, each with the id its container sets
+    assert all(raft == {n: sid for n, (sid, _) in servers.items()} for raft in rafts)
+    assert len({sid for sid, _ in servers.values()}) == len(servers)
+    nodes_config = xml(CLUSTER_DIR / "config.d" / "cluster.xml")
+    zookeeper = {(n.findtext("host"), n.findtext("port")) for n in nodes_config.findall("zookeeper/node")}
+    assert zookeeper == {(name, port) for name, (_, port) in servers.items()}
+
+
+def test_touchline_services_use_the_cluster_and_the_rest_is_the_single_node_stack() -> None:
+    main, clustered = compose("docker-compose.yml")["services"], cluster_services()
+    [cluster_name] = [c.tag for c in xml(CLUSTER_DIR / "config.d" / "cluster.xml").find("remote_servers")]  # type: ignore[union-attr]
+    nodes = set(clickhouse_nodes())
+    assert set(clustered) == (set(main) - {"clickhouse"}) | nodes | set(keeper_nodes())
+    for name, service in main.items():
+        if name == "clickhouse":
+            continue
+        other = dict(clustered[name])
+        if "build" in service:  # the Touchline services: the same, plus the cluster
+            env = {k: str(v) for k, v in other.pop("environment").items()}
+            assert env == {**{k: str(v) for k, v in service["environment"].items()},
+                           "TOUCHLINE_CLICKHOUSE_CLUSTER": cluster_name}
+            s = Settings.from_env({k: v for k, v in env.items() if k != "TOUCHLINE_DEAD_LETTER_KEY"})
+            assert s.clickhouse_cluster == cluster_name and urlsplit(s.clickhouse_url).hostname == "clickhouse"
+            service = {k: v for k, v in service.items() if k != "environment"}
+        if "clickhouse" in (service.get("depends_on") or {}):  # waits for every node instead
+            deps, want = other.pop("depends_on"), service["depends_on"]
+            service = {k: v for k, v in service.items() if k != "depends_on"}
+            if isinstance(want, dict):
+                assert deps == {**{k: v for k, v in want.items() if k != "clickhouse"},
+                                **{n: want["clickhouse"] for n in nodes}}, name
+            else:
+                assert deps == [d for d in want if d != "clickhouse"] + aliased(), name
+        assert other == service, name
+
+
+def aliased() -> list[str]:
+    """The nodes answering to `clickhouse`, the single-node name."""
+    return [n for n, s in clickhouse_nodes().items()
+            if "clickhouse" in (s.get("networks") or {}).get("default", {}).get("aliases", [])]
+
+
+def test_cluster_profile_settings_are_for_profiles_the_users_have() -> None:
+    users = xml(DEPLOY / "clickhouse" / "users.d" / "touchline.xml")
+    profiles = {u.findtext("profile") for u in users.find("users")}  # type: ignore[union-attr]
+    added = {p.tag for p in xml(CLUSTER_DIR / "users.d" / "cluster.xml").find("profiles")}  # type: ignore[union-attr]
+    assert added == profiles == {"default", "grafana"}
+    for profile in added:
+        assert profile_settings(profile)["distributed_product_mode"] == "global"
+    assert profile_settings("default")["distributed_foreground_insert"] == "1"
