@@ -20,6 +20,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+LAG_INTERVAL_S = 5.0  # touchline_consumer_lag_records is sampled this often (workers' agents and ingest loops)
+
 RAW_RECORDS = Counter("touchline_raw_records_total", "Records read from the raw topic (ticks excluded)")
 EVENTS_INGESTED = Counter(
     "touchline_events_ingested_total", "Touchpoints accepted by ingestion", ["channel"]
@@ -142,6 +144,14 @@ def observe_many(child: Any, amounts: Sequence[float]) -> None:
     total.inc(sum(amounts))
     for index, n in _Tally(bisect_left(bounds, a) for a in amounts).items():
         buckets[index].inc(n)
+
+
+def event_delays(ops: list[dict[str, Any]], now_ms: int) -> list[float]:
+    """Seconds from each event op's event time to ``now_ms`` (0 when ahead), for EVENT_PROCESSING_SECONDS."""
+    return [
+        max(0, now_ms - op["event"]["touchpoint"]["event_time_ms"]) / 1000
+        for op in ops if op["kind"] == "event"
+    ]
 
 
 def lag_records(high_watermark: int, committed: int | None, low_watermark: int = 0) -> int:

@@ -26,10 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streams import metrics
 from streams.clock import Clock, SystemClock
 from streams.ingest.service import IngestService
+from streams.metrics import LAG_INTERVAL_S
 from streams.settings import Settings
 from streams.topics import ALL_TOPICS, TopicSpec, partition_for
 
-LAG_INTERVAL_S = 5.0  # consumer lag is sampled this often
 STATE_INTERVAL_S = 10.0  # persons and state bytes are sampled at most this often
 STATE_SAMPLE_VALUES = 64  # values JSON-encoded per table partition and sample, for the mean size
 STATE_MAX_LOOP_SHARE = 0.05  # the state sample waits longer when counting keys takes longer than this share
@@ -174,58 +174,56 @@ def _register_samplers(p: Pipeline) -> None:
     """Timers that set the gauges no agent sets per batch: consumer lag, persons, state bytes."""
     app = p.app
     group = app.conf.id  # Faust's consumer group is the app id
-    lag_series: set[tuple[str, str, str]] = set()
-    state_series: set[tuple[str, str]] = set()
-    persons_series: set[tuple[str, str]] = set()
-    next_state_at = [0.0]
+    lag_series: set[tuple[str, ...]] = set()
+    state_series: set[tuple[str, ...]] = set()
+    persons_series: set[tuple[str, ...]] = set()
+    next_state_at = 0.0
 
     @app.timer(LAG_INTERVAL_S)
     async def sample_consumer_lag() -> None:
-        now = faust_consumer_lag(app)
-        for (topic, partition), lag in now.items():
-            metrics.CONSUMER_LAG.labels(group, topic, str(partition)).set(lag)
-        current = {(group, topic, str(partition)) for topic, partition in now}
-        _drop(metrics.CONSUMER_LAG, lag_series - current)
-        lag_series.clear()
-        lag_series.update(current)
+        lags: dict[tuple[str, ...], float] = {
+            (group, topic, str(partition)): lag for (topic, partition), lag in faust_consumer_lag(app).items()
+        }
+        _publish(metrics.CONSUMER_LAG, lags, lag_series)
 
     @app.timer(STATE_INTERVAL_S)
     async def sample_state() -> None:
-        if time.monotonic() < next_state_at[0]:
+        nonlocal next_state_at
+        if time.monotonic() < next_state_at:
             return
         started = time.monotonic()
         try:
             actives = app.assignor.assigned_actives()
         except Exception:  # not assigned yet
             return
-        state: set[tuple[str, str]] = set()
-        persons: set[tuple[str, str]] = set()
+        state: dict[tuple[str, ...], float] = {}
+        persons: dict[tuple[str, ...], float] = {}
         for name, watched in list(p.watched.items()):
             topic = watched.table.changelog_topic.get_topic_name()
             held = {tp.partition for tp in actives if tp.topic == topic}
             sizes = await table_sizes(watched.table, watched.partition_of, held)
             for partition, (count, size) in sizes.items():
-                metrics.STATE_BYTES.labels(name, str(partition)).set(size)
-                state.add((name, str(partition)))
+                state[(name, str(partition))] = size
                 if watched.persons is not None:
-                    metrics.PERSONS.labels(watched.persons, str(partition)).set(count)
-                    persons.add((watched.persons, str(partition)))
-        _drop(metrics.STATE_BYTES, state_series - state)
-        _drop(metrics.PERSONS, persons_series - persons)
-        state_series.clear()
-        state_series.update(state)
-        persons_series.clear()
-        persons_series.update(persons)
+                    persons[(watched.persons, str(partition))] = count
+        _publish(metrics.STATE_BYTES, state, state_series)
+        _publish(metrics.PERSONS, persons, persons_series)
         elapsed = time.monotonic() - started
-        next_state_at[0] = started + elapsed / STATE_MAX_LOOP_SHARE
+        next_state_at = started + elapsed / STATE_MAX_LOOP_SHARE
 
 
-def _drop(gauge: Any, series: set[Any]) -> None:
-    for labels in series:
+def _publish(gauge: Any, samples: dict[tuple[str, ...], float], published: set[tuple[str, ...]]) -> None:
+    """Set a gauge's series to ``samples`` (labels -> value), remove the series ``published``
+    (what the last call set) holds and ``samples`` no longer has, and remember the new set."""
+    for labels, value in samples.items():
+        gauge.labels(*labels).set(value)
+    for labels in published - samples.keys():
         try:
             gauge.remove(*labels)
         except KeyError:
             pass
+    published.clear()
+    published.update(samples)
 
 
 def faust_consumer_lag(app: Any) -> dict[tuple[str, int], int]:

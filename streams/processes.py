@@ -38,10 +38,11 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         env = {**os.environ, **self.settings.to_env(), **overrides, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", *args],
-            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        )
+        with open(log_path, "ab") as log:  # the child writes to its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", *args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            )
         child = Child(name, proc, log_path, port)
         self.children.append(child)
         return child
@@ -76,7 +77,8 @@ class Supervisor:
                 self.children.remove(c)
 
 
-def scrape_total(port: int, series: str) -> float:
-    """Sum of every sample on a child's /metrics whose line starts with ``series``."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(series))
+def scrape_total(port: int, *series: str) -> float:
+    """Sum, over ``series``, of every sample on a child's /metrics whose line starts with that
+    series, from one fetch of /metrics."""
+    lines = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode().splitlines()
+    return sum(float(line.split()[-1]) for prefix in series for line in lines if line.startswith(prefix))

@@ -10,7 +10,8 @@ person batches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
 
 def advance(
@@ -30,3 +31,58 @@ def advance(
     if moved:
         clocks[str(partition)] = heard
     return min(heard.get(str(u), 0) for u in range(upstream)), moved
+
+
+def advance_person_batch(
+    clocks: MutableMapping[str, dict[str, int]], partition: int, batch: Mapping[str, Any], upstream: int,
+) -> int:
+    """Stream time after a PersonBatch (stages after identity): its source partition reports its
+    watermark; a features-internal move (source_partition -1) carries no time."""
+    src = batch["source_partition"]
+    reports = {str(src): batch["watermark_ms"]} if src >= 0 else {}
+    return advance(clocks, partition, reports, upstream)[0]
+
+
+class DueIndex:
+    """Per partition, the persons whose state has something due on stream time, and when.
+
+    ``table`` maps person -> state (a Faust table; states carry their
+    ``partition``); ``next_due(state)`` is the stream time of the state's next
+    due item, or None. A partition's index is rebuilt from the table on first
+    use (start, reassignment); call ``forget`` when a partition is revoked.
+    """
+
+    def __init__(self, table: Mapping[str, Any], next_due: Callable[[dict[str, Any]], int | None]) -> None:
+        self.table = table
+        self.next_due = next_due
+        self._parts: dict[int, dict[str, int]] = {}
+
+    def _of(self, partition: int) -> dict[str, int]:
+        idx = self._parts.get(partition)
+        if idx is None:
+            idx = self._parts[partition] = {}
+            for person, state in self.table.items():
+                if state and state.get("partition") == partition:
+                    self._set(idx, person, state)
+        return idx
+
+    def _set(self, idx: dict[str, int], person: str, state: dict[str, Any]) -> None:
+        due = self.next_due(state)
+        if due is None:
+            idx.pop(person, None)
+        else:
+            idx[person] = due
+
+    def update(self, partition: int, person: str, state: dict[str, Any]) -> None:
+        """Keep ``person`` in the index exactly while their state has something due."""
+        self._set(self._of(partition), person, state)
+
+    def drop(self, partition: int, person: str) -> None:
+        self._of(partition).pop(person, None)
+
+    def due(self, partition: int, stream_time_ms: int) -> list[str]:
+        """Persons with something due at or before stream time."""
+        return [p for p, t in self._of(partition).items() if t <= stream_time_ms]
+
+    def forget(self, partition: int) -> None:
+        self._parts.pop(partition, None)

@@ -43,16 +43,8 @@ def register(p: Pipeline) -> None:
                         "watermark_ms": 0, "ops": ops}
                 ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, move), partition=dest)
             featured_topic.send_soon(value=event.value, partition=part)
-            metrics.observe_many(processing, event_delays(batch["ops"], int(time.time() * 1000)))
+            metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
             batch_seconds.observe(time.perf_counter() - started)
-
-
-def event_delays(ops: list[dict[str, Any]], now_ms: int) -> list[float]:
-    """Seconds from each event op's event time to ``now_ms`` (0 when ahead)."""
-    return [
-        max(0, now_ms - op["event"]["touchpoint"]["event_time_ms"]) / 1000
-        for op in ops if op["kind"] == "event"
-    ]
 
 
 def _apply(
@@ -85,7 +77,5 @@ def _apply(
                      "absorbed": counters.snapshot(gone)}
                 )
         elif op["kind"] == "absorb":
-            other = dict(op["absorbed"])
-            other.setdefault("recent", [])
-            counters.absorb(state_of(person), other)
+            counters.absorb(state_of(person), op["absorbed"])
     return touched, moves

@@ -59,7 +59,7 @@ def absorb(state: dict[str, Any], other: dict[str, Any]) -> bool:
     state["first_seen_ms"] = min(firsts) if firsts else 0
     state["last_seen_ms"] = max(state["last_seen_ms"], other["last_seen_ms"])
     state["merged_from"] = state["merged_from"] + [other["person_id"], *other["merged_from"]]
-    state["recent"] = (state["recent"] + other["recent"])[-RECENT_IDS:]
+    state["recent"] = (state["recent"] + other.get("recent", []))[-RECENT_IDS:]  # a snapshot carries none
     state["member_id"] = state["member_id"] or other["member_id"]
     return True
 

@@ -28,6 +28,7 @@ def register(p: Pipeline) -> None:
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
     ops_topic = p.topic(PERSON_OPS)
     reference = p.reference
+    clock = p.clock
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("identity")
     batch_seconds = metrics.STAGE_BATCH_SECONDS.labels("identity")  # exists (at 0) from the start
 
@@ -38,7 +39,7 @@ def register(p: Pipeline) -> None:
             part = event.message.partition
             batch = avro.decode_as(avro.INGESTED_BATCH, event.value)
             by_person_part: dict[int, list[dict[str, Any]]] = defaultdict(list)
-            now_ms = int(time.time() * 1000)  # observation only: when it was processed
+            now_ms = clock.now_ms()  # observation only: when it was processed
             watermark, moved = streamtime.advance(clocks, part, batch["raw_times"], n)
             if not dedup.loaded(part):  # first batch since start or reassignment
                 dedup.load(part, seen.items())
@@ -51,14 +52,12 @@ def register(p: Pipeline) -> None:
                 seen[admitted.entry[0]] = admitted.entry[1]
             for key in admitted.expired:
                 seen.pop(key, None)
-            delays: list[float] = []
             for item, keep in zip(items, admitted.keep, strict=True):
                 if not keep:
                     tp = item["touchpoint"]
                     metrics.INGEST_OUTCOMES.labels(tp["channel"], tp["type"], "duplicate", "").inc()
                     continue
                 tp = item["touchpoint"] if reference is None else enrich(item["touchpoint"], reference)
-                delays.append(max(0, now_ms - tp["event_time_ms"]) / 1000)
                 res = resolve(tp, item["route_key"], links)
                 enriched = {
                     "person_id": res.person_id, "member_id": res.member_id, "processed_at_ms": now_ms,
@@ -77,7 +76,8 @@ def register(p: Pipeline) -> None:
                         {"kind": "merge", "person_id": res.merge.from_person, "event": None,
                          "other_person": res.merge.into_person, "absorbed": None}
                     )
-            metrics.observe_many(processing, delays)
+            metrics.observe_many(processing, metrics.event_delays(
+                [op for ops in by_person_part.values() for op in ops], now_ms))
             metrics.DUPLICATES.inc(admitted.keep.count(False))
             metrics.DEDUP_IDS.labels(str(part)).set(dedup.size(part))
             metrics.STREAM_TIME.labels("identity", str(part)).set(watermark)

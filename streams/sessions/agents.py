@@ -24,19 +24,9 @@ def register(p: Pipeline) -> None:
     n = p.settings.partitions
     timeout_ms = int(p.settings.session_timeout_s * 1000)
     sessions_topic = p.topic(SESSIONS)
-    # partition -> {person: stream time at which their next session closes}
-    close_index: dict[int, dict[str, int]] = {}
-
-    def index_for(part: int) -> dict[str, int]:
-        if part not in close_index:  # first batch since start or reassignment: rebuild
-            idx: dict[str, int] = {}
-            for person, state in table.items():
-                if state and state.get("partition") == part:
-                    _reindex(idx, person, state, timeout_ms)
-            close_index[part] = idx
-        return close_index[part]
-
-    p.on_revoked(lambda part: close_index.pop(part, None))
+    # which persons to look at when time moves: those with an open session, by when it closes
+    index = streamtime.DueIndex(table, lambda state: core.next_close(state, timeout_ms))
+    p.on_revoked(index.forget)
 
     def publish(records: list[dict[str, Any]]) -> None:
         for rec in records:
@@ -48,13 +38,10 @@ def register(p: Pipeline) -> None:
             started = time.perf_counter()
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
-            idx = index_for(part)
 
             # Time first: the batch's events are all applied before any close check,
             # so moving it before or after them changes nothing but merges' closed_at_ms.
-            src = batch["source_partition"]  # -1: a features-internal move, which carries no time
-            reports = {str(src): batch["watermark_ms"]} if src >= 0 else {}
-            stream_time, _ = streamtime.advance(clocks, part, reports, n)
+            stream_time = streamtime.advance_person_batch(clocks, part, batch, n)
             metrics.STREAM_TIME.labels("sessions", str(part)).set(stream_time)
 
             touched: dict[str, dict[str, Any]] = {}
@@ -71,24 +58,16 @@ def register(p: Pipeline) -> None:
                         touched[person] = gone
 
             for person, state in touched.items():
-                _reindex(idx, person, state, timeout_ms)
-            for person in [q for q, due in idx.items() if due <= stream_time]:
+                index.update(part, person, state)
+            for person in index.due(part, stream_time):
                 current = touched.get(person) or table.get(person)
                 if current is None:
-                    idx.pop(person, None)
+                    index.drop(part, person)
                     continue
                 publish(core.close_due(current, stream_time, timeout_ms))
                 touched[person] = current
-                _reindex(idx, person, current, timeout_ms)
+                index.update(part, person, current)
             for person, state in touched.items():
                 table[person] = state
             metrics.STAGE_BATCH_SECONDS.labels("sessions").observe(time.perf_counter() - started)
 
-
-def _reindex(idx: dict[str, int], person: str, state: dict[str, Any], timeout_ms: int) -> None:
-    """Keep a person in the close index exactly while they have an open session."""
-    due = core.next_close(state, timeout_ms)
-    if due is None:
-        idx.pop(person, None)
-    else:
-        idx[person] = due

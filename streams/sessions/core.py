@@ -49,10 +49,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from streams.features.counters import RECENT_IDS  # both stages forget repeats alike
 from streams.touchpoint.record import props as record_props
 from streams.touchpoint.taxonomy import PAGE_TYPES
 
-RECENT_IDS = 64  # as features/counters.py: both stages forget a repeat after the same horizon
 MICROS = 1_000_000
 FIRST_HAVING = ("channel", "landing_page", "campaign", "source", "store_id")
 

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from streams import avro, metrics, streamtime
-from streams.features.agents import event_delays
 from streams.pipeline import Pipeline
 from streams.topics import FEATURED, TRIGGERS
 from streams.triggers import cart_abandon
@@ -23,19 +22,9 @@ def register(p: Pipeline) -> None:
     n = p.settings.partitions
     delay_ms = int(p.settings.cart_abandon_delay_s * 1000)
     triggers_topic = p.topic(TRIGGERS)
-    # partition -> {person: earliest due}: which persons to look at when time moves.
-    due_index: dict[int, dict[str, int]] = {}
-
-    def index_for(part: int) -> dict[str, int]:
-        if part not in due_index:  # first batch since start or reassignment: rebuild
-            idx: dict[str, int] = {}
-            for person, state in pending.items():
-                if state and state.get("partition") == part:
-                    _reindex(idx, person, state)
-            due_index[part] = idx
-        return due_index[part]
-
-    p.on_revoked(lambda part: due_index.pop(part, None))
+    # which persons to look at when time moves: those with a pending cart, by earliest due
+    index = streamtime.DueIndex(pending, cart_abandon.next_due)
+    p.on_revoked(index.forget)
 
     @p.app.agent(p.topic(FEATURED), name="triggers")
     async def triggers(stream: Any) -> None:
@@ -43,7 +32,6 @@ def register(p: Pipeline) -> None:
             started = time.perf_counter()
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
-            idx = index_for(part)
             touched: dict[str, dict[str, Any]] = {}
             for op in batch["ops"]:
                 if op["kind"] != "event":
@@ -53,17 +41,15 @@ def register(p: Pipeline) -> None:
                 if cart_abandon.on_event(state, op["event"], delay_ms):
                     touched[person] = state
 
-            src = batch["source_partition"]  # -1: a features-internal move, which carries no time
-            reports = {str(src): batch["watermark_ms"]} if src >= 0 else {}
-            stream_time, _ = streamtime.advance(clocks, part, reports, n)
+            stream_time = streamtime.advance_person_batch(clocks, part, batch, n)
             metrics.STREAM_TIME.labels("triggers", str(part)).set(stream_time)
 
             for person, state in touched.items():
-                _reindex(idx, person, state)
-            for person in [q for q, due in idx.items() if due <= stream_time]:
+                index.update(part, person, state)
+            for person in index.due(part, stream_time):
                 state = touched.get(person) or pending.get(person)
                 if state is None:
-                    idx.pop(person, None)
+                    index.drop(part, person)
                     continue
                 for trig in cart_abandon.fire_due(state, stream_time):
                     triggers_topic.send_soon(key=person.encode(), value=avro.encode(avro.TRIGGER, trig))
@@ -74,17 +60,9 @@ def register(p: Pipeline) -> None:
                     late_ms = int(time.time() * 1000) - trig["due_at_ms"]
                     metrics.TRIGGER_LATENCY_SECONDS.labels(trig["rule"]).observe(max(0, late_ms) / 1000)
                 touched[person] = state
-                _reindex(idx, person, state)
+                index.update(part, person, state)
             for person, state in touched.items():
                 pending[person] = state
-            metrics.observe_many(processing, event_delays(batch["ops"], int(time.time() * 1000)))
+            metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
             batch_seconds.observe(time.perf_counter() - started)
 
-
-def _reindex(idx: dict[str, int], person: str, state: dict[str, Any]) -> None:
-    """Keep a person in the due index exactly while they have a pending cart."""
-    due = cart_abandon.next_due(state)
-    if due is None:
-        idx.pop(person, None)
-    else:
-        idx[person] = due
