@@ -31,7 +31,7 @@ from streams.collector.core import (
     Plan,
     WriteKeyError,
     WriteKeys,
-    dead_letter_id,
+    collector_dead_letter_id,
     event_bytes,
     plan_batch,
 )
@@ -132,7 +132,7 @@ def test_plan_of_a_mixed_batch() -> None:
         assert json.loads(payload) == original and d.record["payload_size"] == len(payload)
         assert d.record["reason"] == d.reason and d.record["detail"] == d.message
         assert (d.record["source_topic"], d.record["source_partition"], d.record["source_offset"]) == ("collector/web", 0, d.index)
-        assert d.record["dead_letter_id"] == dead_letter_id("web", d.event_id, event_bytes(original))
+        assert d.record["dead_letter_id"] == collector_dead_letter_id("web", d.event_id, event_bytes(original))
     messages = json.dumps(response).encode() + b"".join(json.dumps(d.record["detail"]).encode() for d in plan.rejected)
     for needle in NEEDLES:
         assert needle not in messages  # a type error names the field, not the number
@@ -263,6 +263,7 @@ def collector(topics_only: Settings) -> Iterator[CollectorThread]:
         yield running
 
 
+@pytest.mark.e2e
 def test_mixed_batch_over_http_lands_on_raw_and_dead_letter_topics(collector: CollectorThread) -> None:
     settings = collector.settings
     batch = mixed_batch()
@@ -311,6 +312,7 @@ def test_mixed_batch_over_http_lands_on_raw_and_dead_letter_topics(collector: Co
     assert events == len(batch)
 
 
+@pytest.mark.e2e
 def test_auth_limits_and_bad_bodies_over_http(collector: CollectorThread) -> None:
     one = json.dumps({"batch": [ev("auth-1")]}).encode()
     for auth in (None, basic("wrong"), "Bearer wrong", "Basic ???", basic("wk-app-77c1x")):
@@ -358,6 +360,7 @@ def _all_topic_bytes(settings: Settings) -> list[bytes]:
     return out
 
 
+@pytest.mark.e2e
 def test_no_raw_phone_or_email_reaches_any_topic(stack_factory: Any) -> None:
     stack = stack_factory(workers=1, sink=False)
     settings = stack.settings.with_overrides(collector_write_keys=KEYS)
@@ -391,6 +394,7 @@ def test_no_raw_phone_or_email_reaches_any_topic(stack_factory: Any) -> None:
             assert needle.lower() not in lowered, needle
 
 
+@pytest.mark.e2e
 def test_every_example_goes_through_the_collector_and_comes_out_enriched(stack_factory: Any) -> None:
     stack = stack_factory(workers=1, sink=False)
     settings = stack.settings.with_overrides(collector_write_keys=KEYS)
@@ -436,6 +440,7 @@ def test_kafka_unavailable_gives_503_and_retry(tmp_path: Path) -> None:
         assert get(running.url + "/healthz")[0] == 200
 
 
+@pytest.mark.e2e
 def test_touchline_collect_serves_and_stops_on_sigterm(topics_only: Settings, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, **topics_only.with_overrides(collector_write_keys=KEYS, collector_port=port).to_env(),
@@ -467,6 +472,7 @@ def test_touchline_collect_serves_and_stops_on_sigterm(topics_only: Settings, tm
     assert [avro.decode_as(avro.TOUCHPOINT, m.value())["event_id"] for m in got] == ["cli-1"]
 
 
+@pytest.mark.e2e
 def test_collect_refuses_to_start_without_write_keys(topics_only: Settings) -> None:
     env = {**os.environ, **topics_only.with_overrides(collector_port=free_port()).to_env()}
     done = subprocess.run([sys.executable, "-m", "streams.cli", "collect"], env=env, capture_output=True, text=True,

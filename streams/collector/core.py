@@ -26,14 +26,15 @@ import hmac
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from streams import avro
 from streams.deadletter import records as dead_letters
 from streams.deadletter.sealing import Sealer
-from streams.ingest.validate import Policy, Rejected, clean, route_key
+from streams.ingest.validate import Policy, Rejected, clean, labels, route_key
 from streams.touchpoint import jsonform
-from streams.touchpoint.taxonomy import CHANNELS, EVENT_TYPES, PERSONAL_IDENTIFIERS
+from streams.touchpoint.taxonomy import PERSONAL_IDENTIFIERS
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Top-level keys of a batch besides "batch": defaults for every event that lacks them.
@@ -162,13 +163,17 @@ class DeadLettered:
     type: str
     record: dict[str, Any]  # the DeadLetter record, payload sealed
 
+    @cached_property
+    def _encoded(self) -> tuple[bytes, bytes]:
+        return dead_letters.encode(self.record)
+
     @property
     def key(self) -> bytes:
-        return str(self.record["dead_letter_id"]).encode()
+        return self._encoded[0]
 
     @property
     def value(self) -> bytes:
-        return avro.encode(avro.DEAD_LETTER, self.record)
+        return self._encoded[1]
 
     def result(self) -> dict[str, Any]:
         return {"index": self.index, "event_id": self.event_id, "status": "rejected",
@@ -222,8 +227,10 @@ def event_bytes(event: Any) -> bytes:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def dead_letter_id(source: str, event_id: str | None, payload: bytes) -> str:
-    """Deterministic: the same event sent again (a retry) gets the same id; two different ones never do."""
+def collector_dead_letter_id(source: str, event_id: str | None, payload: bytes) -> str:
+    """The id of an HTTP event's dead letter (it has no Kafka coordinates for
+    ``deadletter.records.dead_letter_id``). Deterministic: the same event sent
+    again (a retry) gets the same id; two different ones never do."""
     digest = hashlib.sha256(payload).hexdigest()[:32]
     return f"collector/{source}/{(event_id or '-')[:128]}/{digest}"
 
@@ -246,13 +253,6 @@ def redact(message: str, event: Any) -> str:
         if len(text) >= 3:
             message = message.replace(repr(value), "<redacted>").replace(text, "<redacted>")
     return message
-
-
-def _labels(event: Any) -> tuple[str, str]:
-    if not isinstance(event, dict):
-        return "unknown", "unknown"
-    channel, kind = event.get("channel"), event.get("type")
-    return (channel if channel in CHANNELS else "unknown"), (kind if kind in EVENT_TYPES else "unknown")
 
 
 def _event_id(event: Any) -> str | None:
@@ -285,7 +285,7 @@ def plan_batch(body: bytes, source: str, now_ms: int, policy: Policy, sealer: Se
             record = dead_letters.build(
                 sealer, reason=reason, detail=message, topic=f"collector/{source}", partition=0,
                 offset=index, payload=payload, failed_at_ms=now_ms,
-                name=dead_letter_id(source, event_id, payload),
+                name=collector_dead_letter_id(source, event_id, payload),
             )
             plan.rejected.append(DeadLettered(index, event_id, reason, message, channel, kind, record))
     return plan
@@ -294,7 +294,7 @@ def plan_batch(body: bytes, source: str, now_ms: int, policy: Policy, sealer: Se
 def _one(event: Any, now_ms: int, policy: Policy, defaults: dict[str, Any],
          context: dict[str, Any] | None, index: int) -> Accepted | tuple[str, str, str, str]:
     """An event's raw record, or (reason, message, channel, type) of its rejection."""
-    channel, kind = _labels({**defaults, **event} if isinstance(event, dict) else event)
+    channel, kind = labels({**defaults, **event} if isinstance(event, dict) else event)
     if isinstance(event, dict):
         event = {k: v for k, v in event.items() if k not in RECEIVE_KEYS}
         if context and (event.get("context") is None or isinstance(event.get("context"), dict)):

@@ -28,8 +28,8 @@ class DeliveryFailed(Exception):
 
 
 class Delivery:
-    def __init__(self, settings: Settings, timeout_s: float | None = None) -> None:
-        self.timeout_s = settings.collector_delivery_timeout_s if timeout_s is None else timeout_s
+    def __init__(self, settings: Settings) -> None:
+        self.timeout_s = settings.collector_delivery_timeout_s
         self._producer = clients.producer(settings, **{
             "linger.ms": 2,  # a request waits on its own records: keep batching short
             "message.timeout.ms": max(1, int(self.timeout_s * 1000)),

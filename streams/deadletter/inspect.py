@@ -68,6 +68,11 @@ class TopicRead:
 # --------------------------------------------------------------------------- pure
 
 
+def write_order(letter: Letter) -> tuple[int, int, int, int]:
+    """Sort key: oldest written first (Kafka timestamp, then failure time, then topic position)."""
+    return letter.timestamp_ms, letter.record["failed_at_ms"], letter.partition, letter.offset
+
+
 def matches_source(source_topic: str, wanted: str) -> bool:
     """``wanted`` names a source exactly, or a family: ``collector`` matches ``collector/web``."""
     return source_topic == wanted or source_topic.startswith(wanted.rstrip("/") + "/")
@@ -216,7 +221,7 @@ def summarise(read: TopicRead, *, reasons: Sequence[str] = (), sources: Sequence
     }
     if open_with is not None:
         summary["warning"] = OPEN_WARNING
-    latest = sorted(chosen, key=lambda d: (d.timestamp_ms, d.record["failed_at_ms"], d.partition, d.offset))
+    latest = sorted(chosen, key=write_order)
     for d in latest[-limit:] if limit > 0 else []:
         item: dict[str, Any] = {
             "dead_letter_id": d.id, "reason": d.reason, "source": d.source,

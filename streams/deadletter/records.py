@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams import avro
 from streams.deadletter.sealing import Sealer
 
 
@@ -26,3 +27,8 @@ def build(
         "failed_at_ms": failed_at_ms, "payload_size": len(payload or b""),
         "key_id": sealer.key_id, "nonce": nonce, "payload_encrypted": sealed,
     }
+
+
+def encode(record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(key, value) of a dead-letter record on the dead-letter topic: keyed by its id, Avro value."""
+    return str(record["dead_letter_id"]).encode(), avro.encode(avro.DEAD_LETTER, record)

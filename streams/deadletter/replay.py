@@ -51,6 +51,7 @@ from streams.deadletter.inspect import (
     read_dead_letters,
     read_to_end,
     select,
+    write_order,
 )
 from streams.deadletter.records import dead_letter_id
 from streams.deadletter.sealing import Sealer, configured_salt
@@ -117,10 +118,6 @@ def source_kind(source_topic: str, raw_topic: str) -> str:
     return "unknown"
 
 
-# The collector ignores a client's receive time (streams/collector/core.py RECEIVE_KEYS); so does its replay.
-CLIENT_RECEIVE_KEYS = ("receive_time_ms", "receive_time", "receivedAt")
-
-
 def unreplayable(letter: Letter, raw_topic: str) -> Skip | None:
     """Why a dead letter cannot be re-fed whatever its payload, or None."""
     kind = source_kind(letter.source, raw_topic)
@@ -148,6 +145,7 @@ def convert(letter: Letter, payload: bytes, target: Target) -> Send | Skip:
 
 
 def _from_collector(letter: Letter, payload: bytes, target: Target) -> Send | Skip:
+    from streams.collector.core import RECEIVE_KEYS
     from streams.touchpoint.jsonform import JsonEventError, from_json
     from streams.touchpoint.normalise import normalise_identifiers
 
@@ -159,7 +157,7 @@ def _from_collector(letter: Letter, payload: bytes, target: Target) -> Send | Sk
     except (UnicodeDecodeError, ValueError) as exc:
         return Skip(letter.id, "failed", f"collector payload is not JSON: {exc}")
     if isinstance(obj, dict):
-        obj = {k: v for k, v in obj.items() if k not in CLIENT_RECEIVE_KEYS}
+        obj = {k: v for k, v in obj.items() if k not in RECEIVE_KEYS}  # the collector ignores them too
     source = letter.source[len("collector/"):]
     try:
         tp = from_json(obj, received_ms=int(letter.record["failed_at_ms"]), defaults={"source_app": source})
@@ -315,7 +313,7 @@ def replay(settings: Settings, sealer: Sealer | None, *, reasons: Sequence[str] 
     raw = RAW.name(settings)
     read = read_dead_letters(settings)
     selected = sorted(select(distinct(read.letters), reasons=reasons, sources=sources, ids=ids),
-                      key=lambda d: (d.timestamp_ms, d.record["failed_at_ms"], d.partition, d.offset))
+                      key=write_order)
     replays: dict[tuple[int, int], str] = {}
     if selected and not force:
         stamps = [d.timestamp_ms for d in read.letters]

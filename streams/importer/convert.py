@@ -30,18 +30,15 @@ import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from functools import cache
 from typing import Any
 
-from streams import avro
 from streams.importer.files import Row, lookup
 from streams.importer.mapping import ENVELOPE, GROUPS, Mapping
 from streams.ingest import validate
+from streams.reference.rows import FALSE_WORDS, TRUE_WORDS
 from streams.touchpoint import jsonform, record
-from streams.touchpoint.taxonomy import EVENT_TYPES, FAMILY_OF, SEGMENT_NAMES
+from streams.touchpoint.taxonomy import EVENT_TYPES, SEGMENT_NAMES
 
-_TRUE = frozenset({"true", "t", "yes", "y", "1"})
-_FALSE = frozenset({"false", "f", "no", "n", "0"})
 _INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -70,34 +67,16 @@ class CastError(ValueError):
 
 # ----------------------------------------------------------------------------- Avro types of targets
 
-def _named() -> dict[str, Any]:
-    named: dict[str, Any] = avro.contract(avro.TOUCHPOINT).parsed["__named_schemas"]
-    return named
-
-
-@cache
-def _record_types(name: str) -> dict[str, Any]:
-    return {f["name"]: f["type"] for f in _named()[record.NS + name]["fields"]}
-
-
-@cache
-def _family_types(event_type: str) -> dict[str, Any]:
-    """Field -> Avro type of the family record holding ``event_type``'s properties."""
-    branch = [b for b in _record_types("Properties")[FAMILY_OF[event_type]] if b != "null"][0]
-    name = branch if isinstance(branch, str) else branch["name"]
-    return {f["name"]: f["type"] for f in _named()[name]["fields"]}
-
-
 def target_type(target: str, event_type: str) -> Any:
     """The Avro type of a mapping target for an event of ``event_type`` (None: not a field of it)."""
     group, _, name = target.partition(".")
     if group == "identifiers":
         return "string"
     if group == "context":
-        return _record_types("Context").get(name)
+        return record.field_types("Context").get(name)
     if group == "properties":
-        return _family_types(event_type).get(name)
-    return _record_types("Touchpoint").get(target)
+        return record.field_types(record.family_record(record.family_name(event_type))).get(name)
+    return record.field_types("Touchpoint").get(target)
 
 
 def cast(value: Any, schema: Any) -> Any:
@@ -107,8 +86,9 @@ def cast(value: Any, schema: Any) -> Any:
         if len(branches) != 1:
             return value
         schema = branches[0]
-    if isinstance(schema, str) and schema in _named():
-        schema = _named()[schema]
+    named = record.named_schemas()
+    if isinstance(schema, str) and schema in named:
+        schema = named[schema]
     kind = schema if isinstance(schema, str) else schema["type"]
     if kind == "string":
         if isinstance(value, str):
@@ -161,8 +141,8 @@ def cast(value: Any, schema: Any) -> Any:
             return value
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
         raise CastError(f"{value!r} is not true/false")
     if kind in ("record", "array", "map"):
         if isinstance(value, str):

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import IO, Any
 
 PARQUET_BATCH_ROWS = 4096
-FORMATS = ("csv", "jsonl", "parquet")
 
 
 class FileFormatError(ValueError):

@@ -45,11 +45,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from streams import avro
-from streams.touchpoint import record
+from streams.touchpoint import jsonform, record
 from streams.touchpoint.taxonomy import CHANNELS, EVENT_TYPES
 
-ENVELOPE = ("channel", "source_app", "store_id", "guide_id", "referrer_id")
+ENVELOPE = ("channel", *jsonform.ENVELOPE)
 SCALARS = ("event_id", "type", "timestamp", "event_time_ms", *ENVELOPE)
 GROUPS = ("identifiers", "context", "properties")  # also whole-object targets
 TIME_FORMATS = ("iso", "epoch_ms", "epoch_s")
@@ -60,12 +59,6 @@ _SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 class MappingError(ValueError):
     """The mapping cannot be used; the message lists every problem found."""
-
-
-@cache
-def _fields_of(record_name: str) -> dict[str, Any]:
-    named = avro.contract(avro.TOUCHPOINT).parsed["__named_schemas"]
-    return {f["name"]: f["type"] for f in named[record.NS + record_name]["fields"]}
 
 
 @cache
@@ -120,10 +113,11 @@ def target_problem(target: str, constant_type: str | None) -> str | None:
     if group not in GROUPS or not name:
         return (f"unknown target field {target!r} (targets: {', '.join(SCALARS)}, identifiers.<kind>, "
                 "context.<field>, properties.<field>, identifiers, context, properties)")
-    if group == "identifiers" and name not in _fields_of("Identifiers"):
-        return f"unknown target field {target!r}: identifier kinds are {', '.join(sorted(_fields_of('Identifiers')))}"
-    if group == "context" and name not in _fields_of("Context"):
-        return f"unknown target field {target!r}: context fields are {', '.join(sorted(_fields_of('Context')))}"
+    kinds, contexts = record.field_types("Identifiers"), record.field_types("Context")
+    if group == "identifiers" and name not in kinds:
+        return f"unknown target field {target!r}: identifier kinds are {', '.join(sorted(kinds))}"
+    if group == "context" and name not in contexts:
+        return f"unknown target field {target!r}: context fields are {', '.join(sorted(contexts))}"
     if group == "properties":
         if constant_type == "custom":
             return None  # free attributes

@@ -169,7 +169,7 @@ def run_import(settings: Settings, file: str | Path, mapping: str | Path | Mappi
             sealer, reason=failure.reason, detail=failure.detail, topic=origin, partition=-1,
             offset=row.number, payload=row.payload(), failed_at_ms=now_ms,
         )
-        sender.send(dlq_topic, record["dead_letter_id"].encode(), avro.encode(avro.DEAD_LETTER, record))
+        sender.send(dlq_topic, *dead_letters.encode(record))
 
     for row in export.rows():
         result.rows += 1

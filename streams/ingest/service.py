@@ -1,9 +1,10 @@
 """The ingest loop: confluent-kafka batches from the raw topic, validated and routed.
 
 It runs as a thread inside each Faust worker and reads the raw topic through
-its own consumer group, in batches, because Faust's per-message path costs
-~90 µs of CPU (../shared/STACK.md) while a confluent-kafka batch read costs a
-few. For each consumed slice it writes one IngestedBatch record per identity
+its own consumer group, in batches, because Faust pays a CPU cost per message
+(measured in the team's stack notes, ../shared/STACK.md): internal records carry
+a partition's batch, so the agents pay it once per batch, not once per event.
+For each consumed slice it writes one IngestedBatch record per identity
 partition, the dead letters, flushes, and only then commits the raw offsets:
 a crash replays the slice (at-least-once); downstream drops repeats by event id.
 """
@@ -29,7 +30,6 @@ from streams.settings import Settings
 from streams.topics import DEAD_LETTERS, INGESTED, RAW
 
 log = logging.getLogger(__name__)
-LAG_INTERVAL_S = 5.0  # touchline_consumer_lag_records of the raw topic is sampled this often
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -114,7 +114,7 @@ class IngestService:
                     records.append(RawRecord(m.partition(), m.offset(), m.value(), m.headers()))  # type: ignore[arg-type]
                 if time.monotonic() >= self._lag_at:
                     self._sample_lag(consumer, raw)
-                    self._lag_at = time.monotonic() + LAG_INTERVAL_S
+                    self._lag_at = time.monotonic() + metrics.LAG_INTERVAL_S
                 if not records and s.clock == "manual":
                     continue
                 self._process(records, producer, ingested, dlq, raw)
@@ -161,7 +161,8 @@ class IngestService:
                 self.sealer, reason=dead.reason, detail=dead.detail, topic=raw,
                 partition=r.partition, offset=r.offset, payload=r.value, failed_at_ms=now_ms,
             )
-            producer.produce(dlq, key=record["dead_letter_id"].encode(), value=avro.encode(avro.DEAD_LETTER, record))
+            key, value = dead_letters.encode(record)
+            producer.produce(dlq, key=key, value=value)
             metrics.DEAD_LETTERS.labels(dead.reason).inc()
         # Every identity partition hears about time moving, even with no events for it.
         targets = range(self.settings.partitions) if time_moved else sorted(routed.by_partition)

@@ -28,6 +28,7 @@ from streams.touchpoint.record import upgrade_v1
 from streams.touchpoint.taxonomy import (
     CHANNELS,
     EVENT_TYPES,
+    FAMILIES,
     FAMILY_OF,
     REQUIRED,
     ROUTE_IDENTIFIERS,
@@ -80,7 +81,7 @@ def check(event: dict[str, Any], policy: Policy) -> Rejected | None:
         return Rejected("unknown_channel", f"unknown channel {event['channel']!r}")
     family_name = FAMILY_OF[kind]
     container = event.get("properties") or {}
-    others = [f for f in FAMILY_OF.values() if f != family_name and container.get(f) is not None]
+    others = [f for f in FAMILIES if f != family_name and container.get(f) is not None]
     if others:
         return Rejected("wrong_properties", f"{kind} carries properties.{family_name}, not properties.{others[0]}")
     family = container.get(family_name) or {}
@@ -112,11 +113,17 @@ def clean(event: dict[str, Any], policy: Policy) -> dict[str, Any] | Rejected:
     return Rejected(problem.reason, problem.detail, *labels(event))
 
 
-def labels(event: dict[str, Any]) -> tuple[str, str]:
-    """(channel, type) metric labels with bounded cardinality."""
-    channel = event["channel"] if event["channel"] in CHANNELS else "unknown"
-    kind = event["type"] if event["type"] in EVENT_TYPES else "unknown"
-    return channel, kind
+def labels(event: Any) -> tuple[str, str]:
+    """(channel, type) metric labels with bounded cardinality.
+
+    Known values only, "unknown" otherwise: also for an event that is not an
+    object, lacks the field, or holds a non-string there (raw JSON may).
+    """
+    if not isinstance(event, dict):
+        return "unknown", "unknown"
+    channel, kind = event.get("channel"), event.get("type")
+    return (channel if isinstance(channel, str) and channel in CHANNELS else "unknown",
+            kind if isinstance(kind, str) and kind in EVENT_TYPES else "unknown")
 
 
 def accept(data: bytes | None, policy: Policy) -> dict[str, Any] | Rejected:

@@ -35,8 +35,9 @@ from streams.topics import REF_CAMPAIGNS, REF_PRODUCTS, REF_SPEND, REF_STORES, T
 
 LIST_SEPARATOR = "|"
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-_TRUE = frozenset({"true", "yes", "1", "y", "t"})
-_FALSE = frozenset({"false", "no", "0", "n", "f"})
+# How a text cell spells a boolean (compared lower-cased, stripped); the importer reads them too.
+TRUE_WORDS = frozenset({"true", "yes", "1", "y", "t"})
+FALSE_WORDS = frozenset({"false", "no", "0", "n", "f"})
 
 
 class FileFormatError(ValueError):
@@ -106,8 +107,8 @@ def date(name: str, raw: Any) -> str:
 def boolean(name: str, raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
-    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-        return raw.strip().lower() in _TRUE
+    if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return raw.strip().lower() in TRUE_WORDS
     raise _Bad(f"{name} {raw!r} is not true or false")
 
 

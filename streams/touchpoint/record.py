@@ -8,7 +8,9 @@ type's family, and ``props`` reads them back.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
+from types import MappingProxyType
 from typing import Any
 
 from streams import avro
@@ -20,10 +22,26 @@ _V1_FIELDS = ("product_id", "category", "price", "quantity", "cart_id", "order_i
               "currency", "coupon_id", "points")
 
 
-def _record_fields(name: str) -> dict[str, Any]:
-    """Field name -> field schema of the named record in the current contracts."""
-    named = avro.contract(avro.TOUCHPOINT).parsed["__named_schemas"]
-    return {f["name"]: f for f in named[name]["fields"]}
+def named_schemas() -> dict[str, Any]:
+    """Full name -> parsed schema of every named type in the current Touchpoint contract."""
+    named: dict[str, Any] = avro.contract(avro.TOUCHPOINT).parsed["__named_schemas"]
+    return named
+
+
+def _full_name(record: str) -> str:
+    return record if "." in record else NS + record
+
+
+@cache
+def _record_fields(name: str) -> Mapping[str, dict[str, Any]]:
+    """Field name -> field schema of the named record in the current contracts (read-only, cached)."""
+    return MappingProxyType({f["name"]: f for f in named_schemas()[name]["fields"]})
+
+
+@cache
+def field_types(record: str) -> Mapping[str, Any]:
+    """Field name -> Avro type of a named record (``Context`` or a full name); read-only, cached."""
+    return MappingProxyType({n: f["type"] for n, f in _record_fields(_full_name(record)).items()})
 
 
 def _default(field: dict[str, Any]) -> Any:
@@ -47,7 +65,7 @@ def _family_record_names() -> dict[str, str]:
 def blank(record: str, values: dict[str, Any] | None = None) -> dict[str, Any]:
     """A record of the named type with every field present (default unless given)."""
     values = values or {}
-    fields = _record_fields(record if "." in record else NS + record)
+    fields = _record_fields(_full_name(record))
     unknown = set(values) - set(fields)
     if unknown:
         raise KeyError(f"{record} has no field(s) {', '.join(sorted(unknown))}")
@@ -60,7 +78,7 @@ def double_fields(record: str) -> frozenset[str]:
     def is_double(t: Any) -> bool:
         return t == "double" or (isinstance(t, list) and "double" in t)
 
-    return frozenset(n for n, f in _record_fields(record if "." in record else NS + record).items()
+    return frozenset(n for n, f in _record_fields(_full_name(record)).items()
                      if is_double(f["type"]))
 
 
@@ -73,6 +91,7 @@ def family_name(event_type: str) -> str:
     return FAMILY_OF[event_type]
 
 
+@cache
 def family_fields(event_type: str) -> frozenset[str]:
     family = FAMILY_OF[event_type]
     return frozenset(_record_fields(_family_record_names()[family]))

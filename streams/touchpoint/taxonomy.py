@@ -16,9 +16,6 @@ CHANNELS = frozenset({
 })
 
 PAGE_TYPES = frozenset({"page_viewed", "screen_viewed"})
-CART_TYPES = frozenset({"product_added", "product_removed"})
-CHECKOUT_TYPES = frozenset({"checkout_started"})
-ORDER_TYPES = frozenset({"order_completed", "order_paid"})
 IDENTIFY_TYPES = frozenset({"identify", "login", "signed_up"})
 
 # event type -> the field of Properties holding its typed properties
@@ -86,7 +83,6 @@ ROUTE_IDENTIFIERS = (
     "anonymous_id", "device_id", "wechat_openid", "platform_buyer_id", "pos_card",
     "wechat_unionid", "member_id", "phone", "email",
 )
-IDENTIFIER_TYPES = frozenset(ROUTE_IDENTIFIERS)
 PERSONAL_IDENTIFIERS = ("phone", "email")  # hashed before leaving ingestion
 
 # Values that are placeholders, not identifiers: they never link two events.
