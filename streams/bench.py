@@ -30,6 +30,8 @@ import platform
 import resource
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from confluent_kafka import Consumer
 from streams import avro
 from streams.kafka.broker import EmbeddedBroker, free_port
 from streams.kafka.clients import create_topics
-from streams.processes import Supervisor, scrape_total
+from streams.processes import Child, Supervisor, scrape_total
 from streams.settings import Settings
 from streams.simulate.producer import produce, send_clock_ticks
 from streams.simulate.traffic import SimConfig, generate
@@ -73,8 +75,11 @@ def ceiling(settings: Settings, expected: int) -> dict[str, float]:
     return {"events": n, "cpu_s": cpu, "wall_s": time.perf_counter() - wall, "events_per_cpu_s": n / cpu}
 
 
-def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int, run_dir: Path) -> dict[str, float]:
-    prefix = f"bench{workers}w{uuid.uuid4().hex[:4]}"
+@contextmanager
+def _stack(base: Settings, broker: EmbeddedBroker, prefix: str, workers: int,
+           run_dir: Path) -> Iterator[tuple[Settings, Supervisor, Child]]:
+    """Fresh topics under ``prefix``, ``workers`` workers and the sink, settled for a few seconds;
+    every process stopped on leaving."""
     s = base.with_overrides(kafka_bootstrap=broker.bootstrap, topic_prefix=prefix,
                             data_dir=str(run_dir / prefix), clock="manual",
                             sink_query_port=free_port())
@@ -84,7 +89,14 @@ def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int,
         for i in range(workers):
             sup.start_worker(i)
         sink = sup.start_sink()
-        time.sleep(8)  # group joins and recovery: idle CPU before the measured window
+        time.sleep(8)  # group joins and recovery: idle CPU before a measured window, no wait for the first events
+        yield s, sup, sink
+    finally:
+        sup.stop()
+
+
+def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int, run_dir: Path) -> dict[str, float]:
+    with _stack(base, broker, f"bench{workers}w{uuid.uuid4().hex[:4]}", workers, run_dir) as (s, sup, sink):
         cpu0 = {c.name: _cpu_seconds(c.proc.pid) for c in sup.children}
         wall0 = time.perf_counter()
         produce(s, traffic)
@@ -105,8 +117,6 @@ def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int,
             time.sleep(0.2)
         wall = time.perf_counter() - wall0
         cpu = sum(_cpu_seconds(c.proc.pid) - cpu0[c.name] for c in sup.children)
-    finally:
-        sup.stop()
     return {"workers": workers, "events": expected, "cpu_s": cpu, "wall_s": wall,
             "events_per_cpu_s": expected / cpu, "events_per_wall_s": expected / wall}
 
@@ -131,16 +141,7 @@ def latency(base: Settings, broker: EmbeddedBroker, traffic: Any, rate: float, s
     from streams.topics import ENRICHED
 
     count = max(500, min(len(traffic.records), int(rate * seconds)))
-    prefix = f"benchlat{uuid.uuid4().hex[:4]}"
-    s = base.with_overrides(kafka_bootstrap=broker.bootstrap, topic_prefix=prefix, data_dir=str(run_dir / prefix),
-                            clock="manual", sink_query_port=free_port())
-    create_topics(s)
-    sup = Supervisor(s, run_dir / prefix / "logs")
-    try:
-        for i in range(2):
-            sup.start_worker(i)
-        sup.start_sink()
-        time.sleep(8)  # group joins: the first events should not wait for them
+    with _stack(base, broker, f"benchlat{uuid.uuid4().hex[:4]}", 2, run_dir) as (s, sup, _):
         produce(s, Traffic(traffic.records[:count], traffic.truth), rate=rate)
         deadline = time.monotonic() + 300
         stored = 0
@@ -162,8 +163,6 @@ def latency(base: Settings, broker: EmbeddedBroker, traffic: Any, rate: float, s
             if sent is not None:
                 to_enriched.append(float(m.timestamp()[1] - sent))
         to_visible = [float(at - raw_ts[(p, o)]) for p, o, at in visible if (p, o) in raw_ts]
-    finally:
-        sup.stop()
     return {"rate_events_per_s": rate, "events": count, "event_to_enriched": _percentiles(to_enriched),
             "event_to_visible_in_clickhouse": _percentiles(to_visible)}
 

@@ -116,8 +116,9 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streams.simulate.producer import produce, send_clock_ticks, write_truth
+    from streams.simulate.producer import produce, send_clock_ticks, settle_time_ms, write_truth
     from streams.simulate.traffic import SimConfig, generate
+    from streams.topics import RAW
 
     s = _settings()
     _need_broker(s)
@@ -125,10 +126,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                  cart_abandon_delay_ms=int(s.cart_abandon_delay_s * 1000)))
     produce(s, traffic, rate=args.rate)
     if args.tick:
-        send_clock_ticks(s, traffic.truth.end_time_ms + int(s.cart_abandon_delay_s * 1000) + 1)
+        send_clock_ticks(s, settle_time_ms(s, traffic.truth))
     if args.truth:
         write_truth(args.truth, traffic.truth)
-    print(f"sent {traffic.truth.records_sent} records to {s.topic('touchpoints.raw')}")
+    print(f"sent {traffic.truth.records_sent} records to {RAW.name(s)}")
     return 0
 
 
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persons", type=int, default=500)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--rate", type=float, default=None, help="records per second (default: unlimited)")
-    p.add_argument("--tick", action="store_true", help="end with clock ticks past the last cart-abandon delay")
+    p.add_argument("--tick", action="store_true", help="end with clock ticks past the last cart-abandon delay and session timeout")
     p.add_argument("--truth", default=None, help="write the simulator's ground truth to this JSON file")
     p.set_defaults(func=cmd_simulate)
 

@@ -137,10 +137,7 @@ def panel_key(panel: dashboards.Panel) -> str:
 def field_units(board: dict[str, Any]) -> dict[int, dict[str, str]]:
     """Per panel id, the unit of each column a ``byName`` override gives one (Panel carries the default only)."""
     out: dict[int, dict[str, str]] = {}
-    stack = list(board.get("panels", []))
-    while stack:
-        p = stack.pop()
-        stack.extend(p.get("panels", []))
+    for p in dashboards.walk(list(board.get("panels", []))):
         for o in (p.get("fieldConfig") or {}).get("overrides", []):
             matcher = o.get("matcher") or {}
             for prop in o.get("properties", []):

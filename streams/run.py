@@ -37,7 +37,7 @@ def _line(started: float, t: Any, sent: int, rate: float) -> str:
 
 
 def run(events: int, workers: int, seed: int, persons: int, rate: float | None, shared_devices: int = 0) -> int:
-    from streams.simulate.producer import produce, send_clock_ticks, write_truth
+    from streams.simulate.producer import produce, send_clock_ticks, settle_time_ms, write_truth
     from streams.simulate.traffic import SimConfig, generate
 
     base = Settings.from_env()
@@ -73,8 +73,7 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
 
         def send() -> None:
             produce(settings, traffic, rate=rate, on_progress=lambda n: sent.__setitem__(0, n))
-            # past every cart's due time and every session's timeout: all fire and close
-            send_clock_ticks(settings, truth.end_time_ms + max(delay_ms, int(settings.session_timeout_s * 1000)) + 1)
+            send_clock_ticks(settings, settle_time_ms(settings, truth))  # every cart fires, every session closes
             sent[0] = truth.records_sent
 
         producer_thread = threading.Thread(target=send, daemon=True)
@@ -133,11 +132,16 @@ def _load_reference(settings: Settings, directory: Any, config: Any) -> None:
     print("  reference data loaded: " + ", ".join(f"{n:,} {kind}" for kind, n in loaded.items()))
 
 
-def _touchline(settings: Settings, *args: str) -> str:
-    out = subprocess.run(
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`touchline ARGS` in a child process with these settings, its output captured."""
+    return subprocess.run(
         [sys.executable, "-m", "streams.cli", *args], env={**os.environ, **settings.to_env()},
         capture_output=True, text=True, check=False,
     )
+
+
+def _touchline(settings: Settings, *args: str) -> str:
+    out = _cli(settings, *args)
     if out.returncode != 0:
         raise SystemExit(f"touchline {' '.join(args)} failed:\n{out.stderr}")
     return out.stdout
@@ -145,10 +149,7 @@ def _touchline(settings: Settings, *args: str) -> str:
 
 def _html_report(settings: Settings, path: Path) -> int:
     """`touchline report --html` into the run directory. Every process has stopped, so it opens chDB itself."""
-    out = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "report", "--html", str(path)], env={**os.environ, **settings.to_env()},
-        capture_output=True, text=True, check=False,
-    )
+    out = _cli(settings, "report", "--html", str(path))
     if out.returncode != 0:
         print(f"\n  The HTML report has failed panels (or could not be written):\n{out.stderr.rstrip()}")
     if path.exists():
@@ -159,11 +160,10 @@ def _html_report(settings: Settings, path: Path) -> int:
 def _wait_for_sink(sink: Child, records: int) -> None:
     """Until ClickHouse holds every record the tally read from the same topics."""
     assert sink.port is not None
+    series = [f'touchline_sink_records_stored_total{{table="{t}"}}' for t in TALLY_TABLES]
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while time.monotonic() < deadline and sink.proc.poll() is None:
-        stored = sum(scrape_total(sink.port, f'touchline_sink_records_stored_total{{table="{t}"}}')
-                     for t in TALLY_TABLES)
-        if stored >= records:
+        if scrape_total(sink.port, *series) >= records:  # one scrape for every table
             return
         time.sleep(0.1)
     print(f"\n  the sink did not insert all {records:,} records within {SETTLE_TIMEOUT_S:.0f}s")

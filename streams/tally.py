@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,29 +22,32 @@ from streams.topics import DEAD_LETTERS, ENRICHED, IDENTITY_CHANGES, TRIGGERS
 
 @dataclass
 class Tally:
-    event_ids: set[str] = field(default_factory=set)
     enriched_records: Counter[str] = field(default_factory=Counter)  # per event id: >1 only on redelivery
-    events_by_channel: Counter[str] = field(default_factory=Counter)
     person_of_event: dict[str, str] = field(default_factory=dict)
     merged_into: dict[str, str] = field(default_factory=dict)
     triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    dead_letters: dict[str, str] = field(default_factory=dict)
     dead_letter_records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def event_ids(self) -> KeysView[str]:
+        """The distinct event ids on the enriched topic (a live, set-like view)."""
+        return self.enriched_records.keys()
+
+    @property
+    def dead_letters(self) -> dict[str, str]:
+        """dead_letter_id -> reason."""
+        return {dead_letter_id: r["reason"] for dead_letter_id, r in self.dead_letter_records.items()}
 
     def add(self, name: str, r: dict[str, Any]) -> None:
         if name == avro.ENRICHED:
             tp = r["touchpoint"]
             self.enriched_records[tp["event_id"]] += 1
-            if tp["event_id"] not in self.event_ids:
-                self.event_ids.add(tp["event_id"])
-                self.events_by_channel[tp["channel"]] += 1
             self.person_of_event[tp["event_id"]] = r["person_id"]
         elif name == avro.IDENTITY_CHANGE and r["kind"] == "merge":
             self.merged_into[r["from_person"]] = r["into_person"]
         elif name == avro.TRIGGER:
             self.triggers[r["trigger_id"]] = r
         elif name == avro.DEAD_LETTER:
-            self.dead_letters[r["dead_letter_id"]] = r["reason"]
             self.dead_letter_records[r["dead_letter_id"]] = r
 
     def final_person(self, person: str) -> str:
@@ -56,12 +60,6 @@ class Tally:
     @property
     def persons(self) -> int:
         return len({self.final_person(p) for p in self.person_of_event.values()})
-
-    def triggers_by_rule(self) -> dict[str, int]:
-        return dict(Counter(t["rule"] for t in self.triggers.values()))
-
-    def dead_letters_by_reason(self) -> dict[str, int]:
-        return dict(Counter(self.dead_letters.values()))
 
 
 TALLY_TOPICS = (ENRICHED, IDENTITY_CHANGES, TRIGGERS, DEAD_LETTERS)

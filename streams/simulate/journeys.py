@@ -55,7 +55,7 @@ CATEGORIES = ("men/shoes/basketball", "men/shoes/running", "women/shoes/sneakers
               "women/fashion/coats", "men/apparel/jackets", "kids/shoes/school", "beauty/skincare/serum")
 CITIES = ("Shanghai", "Beijing", "Shenzhen", "Guangzhou", "Hangzhou", "Chengdu", "Wuhan")
 PRODUCTS = 240
-# Sessions average about 4.7 valid events at the default rates. This only
+# Sessions average a handful of valid events at the default rates. This only
 # spaces each human's sessions so that `events` is reached a little before
 # `days` run out (slightly low: better to stop at the target than at the end).
 EVENTS_PER_SESSION = 4.5
@@ -63,6 +63,7 @@ ID_FIELDS = ("anonymous_id", "device_id", "member_id", "phone", "email", "wechat
              "wechat_unionid", "platform_buyer_id", "pos_card")
 OFFICIAL_ACCOUNT = "wx-brand-oa"
 PARTNERS = ("airline-miles", "coffee-club", "bank-card")
+STORES = 40  # store_pos sessions pick one of S000..S039 (streams.simulate.reference: their reference rows)
 
 
 @dataclass
@@ -78,6 +79,12 @@ class Human:
     followed: bool = False
 
 
+def catalog(rng: random.Random) -> list[tuple[str, str, float]]:
+    """The products on sale: (product id, category path, price). ``Journeys`` draws it first from its rng."""
+    return [(f"P{i:05d}", rng.choice(CATEGORIES), float(rng.choice((99, 199, 299, 599, 899, 1299))))
+            for i in range(PRODUCTS)]
+
+
 class Journeys:
     """Valid touchpoints of sessions, generated human by human in session-start order."""
 
@@ -90,8 +97,7 @@ class Journeys:
         self.owner: dict[str, int] = {}  # event id -> index of the human who did it
         self.shared_anon: set[str] = set()  # cookies of shared devices
         self.first_on_shared: dict[int, tuple[str, str, str | None]] = {}  # human -> device of first session
-        self.catalog = [(f"P{i:05d}", rng.choice(CATEGORIES), float(rng.choice((99, 199, 299, 599, 899, 1299))))
-                        for i in range(PRODUCTS)]
+        self.catalog = catalog(rng)
         self.humans = [self._human(i) for i in range(config.persons)]
         if config.shared_devices:  # no draw at all otherwise: default output unchanged
             self._share_devices(config.shared_devices)
@@ -235,7 +241,7 @@ class Journeys:
     def _other_session(self, h: Human, ch: str, t: int) -> int:
         r, m = self.rng, h.member_id
         if ch == "store_pos":
-            ids, store = {"member_id": m, "pos_card": f"C{m}"}, f"S{r.randrange(40):03d}"
+            ids, store = {"member_id": m, "pos_card": f"C{m}"}, f"S{r.randrange(STORES):03d}"
             t = self.emit(h, ch, "store_visited", t, ids, store_id=store)
             guide = f"G{r.randrange(200):03d}" if r.random() < 0.5 else None
             if guide:

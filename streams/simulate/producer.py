@@ -84,6 +84,12 @@ def send_clock_ticks(settings: Settings, t_ms: int) -> int:
     return len(meta.partitions)
 
 
+def settle_time_ms(settings: Settings, truth: GroundTruth) -> int:
+    """A clock-tick time past every cart's due time and every session's timeout: all fire and close."""
+    delay_ms = int(settings.cart_abandon_delay_s * 1000)
+    return truth.end_time_ms + max(delay_ms, int(settings.session_timeout_s * 1000)) + 1
+
+
 def write_truth(path: str | Path, truth: GroundTruth) -> None:
     """Write the ground truth as JSON (sorted keys, so runs diff cleanly)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ Consistent with ``journeys`` for the same ``SimConfig``:
 - stores ``S000``..``S039``, the ids store-till sessions use, in the simulator's cities,
   all open before the traffic starts;
 - products ``P00000``..: exactly the simulator's catalog (same ids, categories and
-  prices, drawn by ``Journeys`` from the config's seed), in CNY;
+  prices, drawn as ``Journeys`` draws them from the config's seed), in CNY;
 - campaigns: ``double11`` (the campaign id touchpoint contexts carry), with its
   warm-up, plus 618 and Double 12 of the same year;
 - spend: every simulated day, per paid channel, under ``double11`` on its days
@@ -24,10 +24,9 @@ from typing import Any
 
 from streams.reference.rows import write_file
 from streams.reference.view import day_of
-from streams.simulate.journeys import CITIES, DAY_MS, Journeys
+from streams.simulate.journeys import CITIES, DAY_MS, STORES, catalog
 from streams.simulate.traffic import SimConfig
 
-STORES = 40  # journeys: store_pos sessions pick f"S{randrange(40):03d}"
 CURRENCY = "CNY"
 CITY_CENTRES = {  # approximate WGS84 centres
     "Shanghai": (31.2304, 121.4737), "Beijing": (39.9042, 116.4074), "Shenzhen": (22.5431, 114.0579),
@@ -58,10 +57,9 @@ def stores(config: SimConfig, rng: random.Random) -> list[dict[str, Any]]:
 
 
 def products(config: SimConfig, rng: random.Random) -> list[dict[str, Any]]:
-    catalog = Journeys(config, random.Random(config.seed)).catalog  # the simulator's own draw
     first_day = day_of(config.start_ms)
     out = []
-    for pid, category, price in catalog:
+    for pid, category, price in catalog(random.Random(config.seed)):  # the simulator's own draw
         new = rng.random() < 0.15
         out.append({
             "product_id": pid, "name": f"{category.rsplit('/', 1)[-1].title()} {pid}", "category_path": category,

@@ -34,6 +34,12 @@ def connect(dsn: str) -> Any:
     return clickhouse_connect.get_client(dsn=dsn)
 
 
+def readonly_query(client: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """(column names, rows) of a read-only query (ClickHouse refuses writes under readonly=1)."""
+    result = client.query(sql, settings={"readonly": 1})
+    return list(result.column_names), list(result.result_rows)
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration shipped, in order."""
     found = []

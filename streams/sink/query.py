@@ -126,13 +126,45 @@ def query(settings: Settings, sql: str, open_directly: bool = True) -> dict[str,
             if not open_directly:
                 raise SinkNotRunning(f"no sink answers on 127.0.0.1:{settings.sink_query_port}") from None
             # no sink running: this process may open the embedded database itself
-    from streams.sink.clickhouse import connect
-
     try:
-        result = connect(dsn).query(sql, settings={"readonly": 1})
+        columns, found = _direct_query(dsn, sql)
     except Exception as exc:
         raise QueryError(str(exc)) from exc
-    return result_json(list(result.column_names), list(result.result_rows))
+    return result_json(columns, found)
+
+
+_SERVER_CLIENTS: dict[str, tuple[Any, threading.Lock]] = {}  # per DSN: this process's client of a server
+_SERVER_CLIENTS_LOCK = threading.Lock()
+
+
+def _direct_query(dsn: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """A read-only query on a client of this process's own.
+
+    A server's client is kept per DSN and reused (one query at a time: it holds one session),
+    dropped after a failure so the next query connects again. A chDB client is never kept:
+    while one is open it holds the engine, which keeps a sink from starting and this process
+    from opening any other path; it is closed as soon as the query has run.
+    """
+    from streams.sink.clickhouse import connect, readonly_query
+
+    if dsn.startswith("chdb://"):
+        client = connect(dsn)
+        try:
+            return readonly_query(client, sql)
+        finally:
+            client.close()
+    with _SERVER_CLIENTS_LOCK:
+        if dsn not in _SERVER_CLIENTS:
+            _SERVER_CLIENTS[dsn] = (connect(dsn), threading.Lock())
+        client, lock = _SERVER_CLIENTS[dsn]
+    with lock:
+        try:
+            return readonly_query(client, sql)
+        except Exception:
+            with _SERVER_CLIENTS_LOCK:
+                if _SERVER_CLIENTS.get(dsn, (None,))[0] is client:
+                    del _SERVER_CLIENTS[dsn]  # a server may have gone: connect again next time
+            raise
 
 
 def rows(settings: Settings, sql: str, open_directly: bool = True) -> list[list[Any]]:

@@ -97,8 +97,9 @@ class ClickHouseWriter:
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """A read-only query (ClickHouse refuses writes under readonly=1)."""
-        result = self._run(lambda c: c.query(sql, settings={"readonly": 1}))
-        return list(result.column_names), list(result.result_rows)
+        from streams.sink.clickhouse import readonly_query
+
+        return self._run(lambda c: readonly_query(c, sql))
 
 
 class FailingWriter:
