@@ -34,9 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from test_schemas import load_example  # noqa: E402
+from test_schemas import latest_examples  # noqa: E402
 
-from streams import avro  # noqa: E402
 from streams.dashboards import clickhouse_panels, dashboards, expand, variables  # noqa: E402
 from streams.report import clickhouse_summary  # noqa: E402
 from streams.sink import clickhouse  # noqa: E402
@@ -90,11 +89,7 @@ def sample_rows(table: Table) -> list[list[Any]]:
     """Every example of the table's contract, and for events, sessions, triggers and dead letters
     many more with their own ids, persons and times."""
     spec = next(s for s, t in TABLES.items() if t is table)
-    latest = avro.versions(spec.schema)[-1][0]
-    paths = sorted((avro.EXAMPLES_DIR / spec.schema / f"v{latest}").glob("*.json"))
-    records = [avro.decode_as(spec.schema, avro.encode(spec.schema, load_example(spec.schema, latest, p)))
-               for p in paths]
-    rows = [table.build(r, i) for i, r in enumerate(records)]
+    rows = [table.build(r, i) for i, r in enumerate(latest_examples(spec.schema))]
     col = {c: i for i, c in enumerate(table.columns)}
     t0 = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
     more: list[list[Any]] = []

@@ -435,6 +435,7 @@ def test_on_one_shard_the_cluster_form_answers_every_query_as_one_node(chdb_runs
     assert one["counts"] == single["counts"] and min(one["counts"].values()) >= 1
     assert one["kpi_rows"] == {**single["kpi_rows"], **{local_name(k): v for k, v in single["kpi_rows"].items()}}
     assert one["report"] == single["report"] and one["report"]["kpis"]["orders"] > 0
+    assert set(single["views"]) == {"trigger_outcomes"}
     assert one["views"] == single["views"] and all(single["views"].values())
     assert one["panels"] == single["panels"] and len(single["panels"]) >= 10
 
@@ -448,6 +449,8 @@ def test_on_two_shards_every_query_runs_with_the_cluster_profile(chdb_runs: dict
     assert two["found_again"] == two["inserted"]
     # without the profile's distributed_product_mode, the panels that JOIN two Distributed tables fail
     assert profile_settings("default")["distributed_product_mode"] == "global"
+    assert {key for key, _ in two["refused_without_profile"]} == {
+        "touchline-business-kpis/4/A", "touchline-business-kpis/10/A", "touchline-stores-channels/6/A"}
     assert all("Double-distributed IN/JOIN subqueries is denied" in err for _, err in two["refused_without_profile"])
 
 

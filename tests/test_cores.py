@@ -553,7 +553,7 @@ def test_check_rejects_bad_events(change: dict[str, Any], reason: str, needle: s
 
 
 def test_accept_reports_wire_format_reasons() -> None:
-    assert accept(None) == Rejected("not_wire_format", accept(None).detail)  # type: ignore[union-attr]
+    assert accept(None) == Rejected("not_wire_format", "0 bytes, need a 5-byte header")
     other = avro.encode(avro.TRIGGER, {
         "trigger_id": "t", "rule": "r", "person_id": "p", "member_id": None, "correlation_key": "k",
         "source_event_id": "e", "due_at_ms": 1, "fired_at_ms": 1, "payload": {}})
@@ -813,7 +813,7 @@ def test_every_sink_table_takes_every_example_record_and_tombstone(tmp_path) -> 
     code = """
 import json, sys
 sys.path.insert(0, "tests")
-from test_schemas import load_example
+from test_schemas import latest_examples
 from streams import avro
 from streams.sink import rows
 from streams.sink.clickhouse import connect, migrate
@@ -825,11 +825,9 @@ for spec, table in rows.TABLES.items():
                         "AND database = currentDatabase()").result_rows)
     assert set(table.columns) <= set(cols), (table.name, cols, table.columns)
     assert all(cols[n] == "DEFAULT" for n in set(cols) - set(table.columns)), (table.name, cols, table.columns)
-    latest = avro.versions(spec.schema)[-1][0]
-    paths = sorted((avro.EXAMPLES_DIR / spec.schema / f"v{latest}").glob("*.json"))
-    assert paths, spec.schema
-    examples = [load_example(spec.schema, latest, p) for p in paths]
-    built = [table.build(avro.decode_as(spec.schema, avro.encode(spec.schema, e)), i) for i, e in enumerate(examples)]
+    examples = latest_examples(spec.schema)
+    assert examples, spec.schema
+    built = [table.build(e, i) for i, e in enumerate(examples)]
     if table.tombstone is not None:
         built.append(table.tombstone("2026-11-11|web|c" if table.name == "ref_spend" else "k", 99))
     assert all(len(r) == len(table.columns) for r in built), table.name
@@ -931,15 +929,13 @@ def test_stored_keys_finds_every_key_of_a_large_batch_on_chdb(tmp_path) -> None:
     code = """
 import sys, copy
 sys.path.insert(0, "tests")
-from test_schemas import load_example
+from test_schemas import latest_examples
 from streams import avro
 from streams.sink.rows import TABLES
 from streams.sink.service import ClickHouseWriter, new_rows
 from streams.topics import ENRICHED
 table = TABLES[ENRICHED]
-latest = avro.versions(avro.ENRICHED)[-1][0]
-path = sorted((avro.EXAMPLES_DIR / avro.ENRICHED / f"v{latest}").glob("*.json"))[0]
-base = avro.decode_as(avro.ENRICHED, avro.encode(avro.ENRICHED, load_example(avro.ENRICHED, latest, path)))
+base = latest_examples(avro.ENRICHED)[0]
 def rec(i):
     r = copy.deepcopy(base)
     r["touchpoint"]["event_id"] = f"{i:08d}-0000-4000-8000-{i:012d}"
@@ -966,18 +962,14 @@ def test_trigger_outcomes_attribute_each_order_to_the_latest_trigger_within_the_
     code = """
 import copy, json, sys
 sys.path.insert(0, "tests")
-from test_schemas import load_example
+from test_schemas import latest_examples
 from streams import avro
 from streams.sink.clickhouse import connect, migrate
 from streams.sink.rows import TABLES
 from streams.topics import ENRICHED, TRIGGERS
 H, D, T0 = 3_600_000, 86_400_000, 1_793_462_400_000
 c = connect(sys.argv[1]); migrate(c)
-def example(name):
-    latest = avro.versions(name)[-1][0]
-    path = sorted((avro.EXAMPLES_DIR / name / f"v{latest}").glob("*.json"))[0]
-    return avro.decode_as(name, avro.encode(name, load_example(name, latest, path)))
-order, trig = example(avro.ENRICHED), example(avro.TRIGGER)
+order, trig = latest_examples(avro.ENRICHED)[0], latest_examples(avro.TRIGGER)[0]
 def o(event_id, person, at, revenue):
     r = copy.deepcopy(order); r["person_id"] = person
     r["touchpoint"].update(event_id=event_id, type="order_completed", event_time_ms=at)
@@ -1010,3 +1002,20 @@ print(json.dumps(out))
     assert got["7"] == [["A", "day1", 20.0], ["B", "day3", 30.0]]
     # 1 day: day1 is 26 h after A, outside; day3 is 23 h after B, inside.
     assert got["1"] == [["B", "day3", 30.0]]
+
+
+def test_due_index_rebuilds_a_partition_from_the_table_and_follows_updates() -> None:
+    from streams.streamtime import DueIndex
+
+    table = {"a": {"partition": 0, "due": 5}, "b": {"partition": 0, "due": None},
+             "c": {"partition": 1, "due": 3}, "d": None}
+    index = DueIndex(table, lambda state: state["due"])
+    assert index.due(0, 10) == ["a"] and index.due(1, 2) == [] and index.due(1, 3) == ["c"]
+    index.update(0, "b", {"partition": 0, "due": 7})
+    assert sorted(index.due(0, 7)) == ["a", "b"] and index.due(0, 6) == ["a"]
+    index.update(0, "a", {"partition": 0, "due": None})  # nothing due any more: leaves the index
+    index.drop(0, "b")
+    assert index.due(0, 100) == []
+    index.forget(0)  # revoked: the next use rebuilds from the table as it is now
+    table["a"] = {"partition": 0, "due": 9}
+    assert index.due(0, 100) == ["a"]

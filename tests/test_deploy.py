@@ -25,8 +25,7 @@ from streams.settings import ENV_PREFIX, Settings
 from streams.topics import ALL_TOPICS
 
 # --- Names the code provides; update here when the code changes. -----------------
-# `touchline` subcommands. To be cross-checked against streams/cli.py's parser once
-# the CLI has landed.
+# `touchline` subcommands, as streams/cli.py's parser defines them; keep the two in step.
 CLI_SUBCOMMANDS = {"run", "worker", "sink", "simulate", "migrate", "topics", "broker", "report", "bench", "load", "schemas", "collect", "import", "dlq"}
 # ClickHouse tables (streams/sink/migrations) dashboards may read -> columns they may use.
 CLICKHOUSE_TABLES = {

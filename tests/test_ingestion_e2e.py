@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from streams import avro
 from streams.deadletter.inspect import read_to_end
+from streams.ingest.validate import route_key
 from streams.processes import scrape_total
 from streams.tally import TopicReader
-from streams.topics import ENRICHED, INGESTED, RAW
+from streams.topics import ENRICHED, INGESTED, RAW, partition_for
 from streams.touchpoint.taxonomy import CHANNELS, EVENT_TYPES, JUNK_VALUES
 from tests.conftest import T0, encoded, touchpoint
 
@@ -81,8 +82,8 @@ FUZZ_RECORDS = 10_000
 TOUCHPOINT_V2 = avro.contract(avro.TOUCHPOINT).parsed
 
 
-def _valid(i: int, t: int = T0) -> dict[str, Any]:
-    return touchpoint(f"ok-{i}", "page_viewed", t, identifiers={"anonymous_id": f"c-{i % 50}"})
+def _valid(i: int, t: int = T0, prefix: str = "ok") -> dict[str, Any]:
+    return touchpoint(f"{prefix}-{i}", "page_viewed", t, identifiers={"anonymous_id": f"c-{i % 50}"})
 
 
 def _frame(body: bytes, schema_id: int | None = None) -> bytes:
@@ -174,7 +175,9 @@ def test_ten_thousand_malformed_inputs_are_all_accounted_for_and_no_worker_dies(
     oversize = avro.encode(avro.TOUCHPOINT, touchpoint("big-1", "custom", T0, identifiers={"anonymous_id": "c1"},
                            properties={"event_name": "blob", "attributes": {"x": "y" * 70_000}}))
     records.append((oversize, "oversize"))
-    valid = [avro.encode(avro.TOUCHPOINT, _valid(FUZZ_RECORDS + i, T0 + i)) for i in range(200)]
+    # Their ids are out of the fuzz's reach (it draws "ok-<any number>", then flips bits), so
+    # the resends below are the only records after the fuzz that may come out as duplicates.
+    valid = [avro.encode(avro.TOUCHPOINT, _valid(FUZZ_RECORDS + i, T0 + i, prefix="valid")) for i in range(200)]
     resends = valid[:50]
     stack.produce([(None, value) for value in [oversize, *valid, *resends]], partition=0)
     stream = [r for r, _ in records] + valid + resends
@@ -190,19 +193,21 @@ def test_ten_thousand_malformed_inputs_are_all_accounted_for_and_no_worker_dies(
     enriched = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"fuzz-{time.monotonic_ns()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     enriched.subscribe([ENRICHED.name(stack.settings)])
-    enriched_offsets: set[int] = set()
-    enriched_ids: set[str] = set()
+    raw_topic = RAW.name(stack.settings)
+    # Each enriched record, by the raw (partition, offset) it came from: its event id, and the
+    # identity partition its route key sends it to (where duplicates of an event id are dropped).
+    enriched_at: dict[tuple[int, int], tuple[str, int]] = {}
 
     def duplicates() -> float:
         return sum(scrape_total(p, "touchline_duplicates_dropped_total") for p in ports)
 
-    def outcome(i: int, dead: set[int]) -> str | None:
-        if i in dead:
+    def outcome(i: int, dead: set[tuple[int, int]], first_enriched: dict[str | None, int]) -> str | None:
+        if (0, i) in dead:
             return "dead_letter"
-        if i in enriched_offsets:
+        if (0, i) in enriched_at:
             return "accepted"
-        if sent_ids[i] in enriched_ids:
-            return "duplicate"  # an earlier record with its event id was enriched
+        if first_enriched.get(sent_ids[i], i) < i:
+            return "duplicate"  # not itself enriched or dead-lettered; an earlier offset with its id was
         return None
 
     deadline = time.monotonic() + 300
@@ -211,10 +216,17 @@ def test_ten_thousand_malformed_inputs_are_all_accounted_for_and_no_worker_dies(
         for m in enriched.consume(5000, timeout=0.2):
             if m.error() is None:
                 r = avro.decode_as(avro.ENRICHED, m.value())
-                enriched_offsets.add(r["raw_offset"])
-                enriched_ids.add(r["touchpoint"]["event_id"])
-        dead = {r["source_offset"] for r in reader.tally.dead_letter_records.values()}
-        outcomes = Counter(outcome(i, dead) for i in range(len(stream)))
+                key = route_key(r["touchpoint"]["identifiers"])
+                assert key is not None, r
+                enriched_at[(r["raw_partition"], r["raw_offset"])] = (
+                    r["touchpoint"]["event_id"], partition_for(key, stack.settings.partitions))
+        dead = {(r["source_partition"], r["source_offset"]) for r in reader.tally.dead_letter_records.values()
+                if r["source_topic"] == raw_topic}
+        first_enriched: dict[str | None, int] = {}
+        for i in range(len(stream)):  # the earliest enriched offset carrying each event id
+            if (0, i) in enriched_at and sent_ids[i] is not None:
+                first_enriched.setdefault(sent_ids[i], i)
+        outcomes = Counter(outcome(i, dead, first_enriched) for i in range(len(stream)))
         if outcomes[None] == 0 and duplicates() >= outcomes["duplicate"]:
             break
         assert not stack.supervisor.check_alive(), "a worker died"
@@ -222,16 +234,36 @@ def test_ten_thousand_malformed_inputs_are_all_accounted_for_and_no_worker_dies(
     reader.close()
     enriched.close()
     assert stack.supervisor.check_alive() == []
-    # Every input is accounted for: accepted + dead-lettered + deduplicated = sent, and no
-    # record is both enriched and dead-lettered.
-    assert outcomes["accepted"] + outcomes["dead_letter"] + outcomes["duplicate"] == len(stream)
-    assert not dead & enriched_offsets
+    # Every input is accounted for by its own raw offset (the loop ends only when none is
+    # unaccounted), and no record is both enriched and dead-lettered.
+    assert not dead & set(enriched_at)
+    # No event is enriched twice: not twice on one identity partition, where repeated ids are
+    # dropped, and no two identical records at all. (A fuzzed record can carry another's id with
+    # other identifiers; routed elsewhere it is a different event to the pipeline.)
+    assert len(enriched_at) == len(set(enriched_at.values())), Counter(enriched_at.values()).most_common(5)
+    assert len({stream[i] for _, i in enriched_at}) == len(enriched_at)
+    dropped = {i for i in range(len(stream)) if outcome(i, dead, first_enriched) == "duplicate"}
+    # After the fuzz, exactly the deliberate resends are dropped and every valid record is enriched
+    # from its own offset; within the fuzz, every byte-identical repeat of an enriched record
+    # (Hypothesis repeats examples) is dropped.
+    resent_offsets = set(range(len(stream) - len(resends), len(stream)))
+    assert {i for i in dropped if i >= len(records)} == resent_offsets
+    assert all(outcome(i, dead, first_enriched) == "accepted" for i in range(len(records), len(records) + len(valid)))
+    enriched_bytes: set[bytes] = set()
+    repeats = set()
+    for i, value in enumerate(stream):
+        if value in enriched_bytes:
+            repeats.add(i)
+        if (0, i) in enriched_at:
+            enriched_bytes.add(value)
+    assert repeats <= dropped, sorted(repeats - dropped)[:20]
+    assert resent_offsets <= repeats
     assert duplicates() >= outcomes["duplicate"]  # more only if ingest re-read a slice after a rebalance
     # Every predictable input got its reason, found by its raw offset.
     by_offset = {r["source_offset"]: r["reason"] for r in reader.tally.dead_letter_records.values()}
     expected = {i: reason for i, (_, reason) in enumerate(records) if reason is not None}
     assert {i: by_offset.get(i) for i in expected} == expected
-    assert {f"ok-{FUZZ_RECORDS + i}" for i in range(200)} <= enriched_ids
+    assert {f"valid-{FUZZ_RECORDS + i}" for i in range(200)} <= {event_id for event_id, _ in enriched_at.values()}
     assert outcomes["duplicate"] >= len(resends)
     print("fuzz:", len(stream), "records;", dict(outcomes), Counter(by_offset.values()))
 

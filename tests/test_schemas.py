@@ -61,6 +61,13 @@ def load_example(name: str, version: int, path: Path) -> dict[str, Any]:
     return _bytes_fields(json.loads(path.read_text()), parsed, parsed["__named_schemas"])
 
 
+def latest_examples(name: str) -> list[dict[str, Any]]:
+    """The examples of ``name``'s latest frozen version, as the decoder returns them (defaults filled)."""
+    latest = avro.versions(name)[-1][0]
+    paths = sorted((avro.EXAMPLES_DIR / name / f"v{latest}").glob("*.json"))
+    return [avro.decode_as(name, avro.encode(name, load_example(name, latest, p))) for p in paths]
+
+
 def write_with(parsed: Any, datum: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, parsed, datum)
