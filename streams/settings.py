@@ -63,8 +63,8 @@ class Settings:
     sink_batch_rows: int = 20000
     sink_flush_interval_s: float = 1.0
     sink_query_port: int = 9465  # read-only SQL endpoint on 127.0.0.1 while the sink owns chDB
-    # Fault seam for tests and `make faults`: the sink's first N insert attempts
-    # fail as if ClickHouse were down (0 in production).
+    # Fault seam for tests (tests/test_sink_e2e.py): the sink's first N insert
+    # attempts fail as if ClickHouse were down (0 in production).
     sink_fault_failed_inserts: int = 0
     # Analytics
     reporting_timezone: str = "Asia/Shanghai"  # days and hours of every KPI

@@ -10,8 +10,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streams.settings import Settings
 from streams.topics import ALL_TOPICS, TopicSpec
 
-# Group joins wait about one session timeout; short timeouts keep joins and
-# takeovers within seconds (measured against the embedded broker and Kafka).
+# Group joins wait about one session timeout, so short timeouts keep joins and
+# takeovers short (a dead member is noticed after session.timeout.ms).
 _GROUP_TIMEOUTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 

@@ -1,4 +1,6 @@
-"""Fill what a touchpoint left out from the reference tables. Pure; not wired into the agents yet.
+"""Fill what a touchpoint left out from the reference tables. Pure; the identity agent
+(streams/identity/agents.py) applies it to every admitted touchpoint, using the reference
+tables the worker holds.
 
 ``enrich(touchpoint, ref)`` never changes its input. It returns the touchpoint
 itself when there is nothing to fill, else a copy in which:

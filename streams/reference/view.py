@@ -10,8 +10,8 @@ the decoded record is cached until the bytes under that key change.
 Returned records are the cached dicts, shared between callers: read them, do
 not mutate them (copy first).
 
-Scans (``stores_in``, ``campaigns_on``) walk the whole table; reference tables
-are small (stores and campaigns: hundreds), so that costs microseconds.
+Scans (``stores_in``, ``campaigns_on``) walk the whole table; that is meant
+for small reference tables such as stores and campaigns.
 """
 
 from __future__ import annotations
