@@ -26,6 +26,7 @@ class Tally:
     person_of_event: dict[str, str] = field(default_factory=dict)
     merged_into: dict[str, str] = field(default_factory=dict)
     triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trigger_records: Counter[str] = field(default_factory=Counter)  # per trigger id: >1 only on redelivery
     dead_letter_records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -47,6 +48,7 @@ class Tally:
             self.merged_into[r["from_person"]] = r["into_person"]
         elif name == avro.TRIGGER:
             self.triggers[r["trigger_id"]] = r
+            self.trigger_records[r["trigger_id"]] += 1
         elif name == avro.DEAD_LETTER:
             self.dead_letter_records[r["dead_letter_id"]] = r
 

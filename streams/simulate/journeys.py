@@ -148,6 +148,8 @@ class Journeys:
             nxt = max(end + 5 * MINUTE_MS, t + int(self.rng.expovariate(1 / mean_gap)))
             if nxt < cfg.start_ms + horizon:
                 heapq.heappush(queue, (nxt, idx))
+        if cfg.hot_key_share > 0 and self.events:
+            self._hot_kiosk(round(len(self.events) * cfg.hot_key_share / (1 - cfg.hot_key_share)))
         self.events.sort(key=lambda e: e["event_time_ms"])  # stable: ties keep generation order
         return self.events
 
@@ -181,6 +183,24 @@ class Journeys:
 
     def _product(self) -> tuple[str, str, float]:
         return self.rng.choice(self.catalog)
+
+    def _hot_kiosk(self, count: int) -> None:
+        """``count`` anonymous page and product views from one store kiosk's browser, evenly spread
+        from the first event to the last: one route key and one person carrying a large share."""
+        kiosk = self._human(len(self.humans))
+        kiosk.member_id = None
+        self.humans.append(kiosk)
+        ids: dict[str, Any] = {"anonymous_id": f"anon-kiosk-{self.token()}", "device_id": None}
+        first = min(e["event_time_ms"] for e in self.events)
+        span = max(e["event_time_ms"] for e in self.events) - first
+        for i in range(count):
+            t = first + span * i // max(1, count)
+            if i % 3:
+                pid, cat, price = self._product()
+                self.emit(kiosk, "web", "product_viewed", t, ids, {"page_url": f"/p/{pid}"},
+                          {"product_id": pid, "category": cat, "price": price, "currency": "CNY"})
+            else:
+                self.emit(kiosk, "web", "page_viewed", t, ids, {"page_url": "/web/home"})
 
     def _device_session(self, h: Human, device: tuple[str, str, str | None], t: int,
                         force_login: bool = False) -> int:

@@ -71,10 +71,16 @@ class SimConfig:
     # time by one more human too (a family tablet, a store kiosk); needs two
     # members per device, fewer are realised if the seed has too few members.
     shared_devices: int = 0
+    # A hot key: one in-store kiosk (a single web cookie, never logged in) that
+    # produces this share of all valid events, spread over the run. 0: no kiosk
+    # and no random draw, the output is the same as without the option.
+    hot_key_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.persons < 1 or self.events < 0 or self.devices_per_person < 1 or self.days < 1:
             raise ValueError("persons, devices_per_person and days must be >= 1, events >= 0")
+        if not 0.0 <= self.hot_key_share < 1.0:
+            raise ValueError("hot_key_share must be within [0, 1)")
         if not 0 <= 2 * self.shared_devices <= self.persons:
             raise ValueError("shared_devices must be >= 0 and each needs two of the persons")
         for name in ("member_share", "login_rate", "cart_rate", "cart_abandon_rate",
