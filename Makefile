@@ -31,6 +31,11 @@ run: $(STAMP) ## run the whole pipeline on the embedded broker + chDB with simul
 bench: $(STAMP) ## events per CPU-second (1 and 2 workers) beside the raw ceiling; JSON in var/bench/
 	$(BIN)/touchline bench --events $(BENCH_EVENTS)
 
+FAULT_EVENTS ?= 3000
+.PHONY: faults
+faults: $(STAMP) ## fault scenarios vs a fault-free run: table, JSON in var/faults/, exit 1 on any difference
+	$(BIN)/touchline faults --events $(FAULT_EVENTS)
+
 # Debian packages the end-to-end tests run for real: prometheus (tests/test_prometheus.py,
 # a server scraping the stack) and chromium (tests/test_htmlreport.py, the HTML report in
 # a headless browser). Idempotent: nothing happens when the command is on PATH; sudo only

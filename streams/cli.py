@@ -270,6 +270,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                shared_devices=args.shared_devices)
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.faults import SCENARIOS, main
+
+    return main(args.scenario or list(SCENARIOS), args.events, args.seed, Path(args.output))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -333,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=60000)
     p.add_argument("--output", default="var/bench/latest.json", help="JSON results file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("faults", help="fault scenarios (worker kills, rebalance, sink outage, garbage, hot key) "
+                                      "compared with a fault-free run; exit 1 on any difference")
+    p.add_argument("scenario", nargs="*", help="scenario names (default: all)")
+    p.add_argument("--events", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--output", default="var/faults/latest.json", help="JSON results file")
+    p.set_defaults(func=cmd_faults)
 
     p = sub.add_parser("load", help="load a reference file (stores, products, calendar, spend) onto its compacted topic")
     p.add_argument("file", help="CSV with a header or JSON Lines, optionally .gz (see README: Reference data)")
