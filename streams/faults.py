@@ -33,7 +33,6 @@ import random
 import re
 import signal
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.kafka.clients import create_topics
-from streams.processes import Child, Supervisor, free_port
+from streams.processes import Child, Supervisor, free_port, metrics_lines
 from streams.settings import Settings
 from streams.simulate.producer import produce, send_clock_ticks, settle_time_ms
 from streams.simulate.traffic import SimConfig, Traffic, generate
@@ -166,12 +165,13 @@ def _peak_rss_mb(child: Child) -> float:
 
 def _stream_times_s(child: Child) -> dict[tuple[str, str], float]:
     """The child's event-time watermarks by (stage, partition); empty if it does not answer."""
+    assert child.port is not None
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{child.port}/metrics", timeout=5).read().decode()
+        lines = metrics_lines(child.port, timeout_s=5)
     except OSError:
         return {}
     out = {}
-    for line in text.splitlines():
+    for line in lines:
         if line.startswith("touchline_stream_time_seconds{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
             out[(labels["stage"], labels["partition"])] = float(line.split()[-1])
@@ -204,9 +204,7 @@ class Run:
     def _gone(self, child: Child, sig: int) -> None:
         self.peak_rss_mb = max(self.peak_rss_mb, _peak_rss_mb(child))
         if sig == signal.SIGKILL:
-            child.proc.send_signal(signal.SIGKILL)
-            child.proc.wait(10)
-            self.sup.children.remove(child)
+            self.sup.kill(child)
         else:
             self.sup.stop(child)
 
@@ -227,9 +225,7 @@ class Run:
             what = f"stop {victim.name}"
         elif step.action == "kill-sink":
             [sink] = [c for c in self.sup.children if c.name == "sink"]
-            sink.proc.send_signal(signal.SIGKILL)
-            sink.proc.wait(10)
-            self.sup.children.remove(sink)
+            self.sup.kill(sink)
             self.sup.start_sink()
             what = "SIGKILL sink"
         else:

@@ -61,6 +61,12 @@ class Supervisor:
         """Names of children that exited on their own."""
         return [c.name for c in self.children if c.proc.poll() is not None]
 
+    def kill(self, child: Child) -> None:
+        """SIGKILL one child, no goodbye (a crash), and forget it."""
+        child.proc.send_signal(signal.SIGKILL)
+        child.proc.wait(10)
+        self.children.remove(child)
+
     def stop(self, child: Child | None = None, grace_s: float = 15.0) -> None:
         targets = [child] if child else list(reversed(self.children))
         for c in targets:
@@ -77,8 +83,13 @@ class Supervisor:
                 self.children.remove(c)
 
 
+def metrics_lines(port: int, timeout_s: float = 10.0) -> list[str]:
+    """The lines of a child's /metrics page."""
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s).read().decode().splitlines()
+
+
 def scrape_total(port: int, *series: str) -> float:
     """Sum, over ``series``, of every sample on a child's /metrics whose line starts with that
     series, from one fetch of /metrics."""
-    lines = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode().splitlines()
+    lines = metrics_lines(port)
     return sum(float(line.split()[-1]) for prefix in series for line in lines if line.startswith(prefix))

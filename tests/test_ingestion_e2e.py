@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import time
 from collections import Counter
 from typing import Any
@@ -58,9 +56,7 @@ def test_a_duplicate_sent_after_workers_are_killed_is_still_dropped(stack_factor
         assert time.monotonic() < deadline, "identity never committed its input and its duplicate filter"
         reader.poll()
     for child in list(stack.supervisor.children):  # no goodbye: the dedup state must come from the changelog
-        os.kill(child.proc.pid, signal.SIGKILL)
-        child.proc.wait(10)
-        stack.supervisor.children.remove(child)
+        stack.supervisor.kill(child)
     worker = stack.supervisor.start_worker(0)
     after = touchpoint("after-1", "page_viewed", T0 + MIN, identifiers={"anonymous_id": "c-after"})
     stack.produce([encoded(original), encoded(after)])  # a producer retry of dup-1, then news

@@ -9,7 +9,6 @@ ClickHouse server that is not there at all (a closed http:// port).
 from __future__ import annotations
 
 import random
-import signal
 import time
 from typing import Any
 
@@ -112,9 +111,7 @@ def test_sink_killed_and_clickhouse_failing_leave_kpis_equal_to_a_fault_free_run
     for _ in range(3):
         time.sleep(rng.uniform(0.3, 1.5))  # a random point in the sink's work, not a wait for a result
         [sink] = [c for c in faulty.supervisor.children if c.name == "sink"]
-        sink.proc.send_signal(signal.SIGKILL)
-        sink.proc.wait(10)
-        faulty.supervisor.children.remove(sink)
+        faulty.supervisor.kill(sink)
         faulty.supervisor.start_sink()
     produce(faulty.settings, Traffic(traffic.records[half:], traffic.truth))
     _finish(faulty, traffic)
