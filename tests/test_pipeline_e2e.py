@@ -164,3 +164,49 @@ def test_the_embedded_broker_reports_the_high_watermark_at_the_start_of_the_last
         assert offsets == list(range(8))  # every record is there, past the reported end
     finally:
         c.close()
+
+
+def test_a_partition_with_nothing_committed_is_sought_back_to_its_start(broker) -> None:
+    """streams/kafka/faust_offsets.py: records fetched before Faust "seeks stream partitions to
+    committed offsets" are read again only if the seek moves the position back. aiokafka's own
+    seek_to_committed leaves a partition without a commit where the fetch left it (records
+    skipped); the replacement Faust uses puts it back at the beginning."""
+    import asyncio
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from streams.kafka.faust_offsets import seek_to_committed_or_start
+
+    topic = f"seek-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> tuple[int, int, int]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for _ in range(6):
+                await producer.send_and_wait(topic, b"x", partition=0)
+        finally:
+            await producer.stop()
+        tp = TopicPartition(topic, 0)
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=topic,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            read = 0
+            for _ in range(60):  # fetched but not processed, nothing committed: a worker's first seconds
+                read += sum(len(v) for v in (await consumer.getmany(timeout_ms=500)).values())
+                if read >= 6:
+                    break
+            fetched = await consumer.position(tp)
+            await consumer.seek_to_committed()
+            upstream = await consumer.position(tp)
+            await seek_to_committed_or_start(consumer)
+            return fetched, upstream, await consumer.position(tp)
+        finally:
+            await consumer.stop()
+
+    fetched, upstream, fixed = asyncio.run(scenario())
+    assert (fetched, upstream) == (6, 6)  # aiokafka's seek left the six records behind
+    assert fixed == 0
