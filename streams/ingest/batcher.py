@@ -24,6 +24,7 @@ class RawRecord:
     offset: int
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
+    timestamp_ms: int | None = None  # the record's Kafka timestamp, when it has one
 
 
 @dataclass(frozen=True)

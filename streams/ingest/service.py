@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, TopicPartition
 
 from streams import avro, metrics
 from streams.clock import Clock, SystemClock
@@ -111,7 +111,11 @@ class IngestService:
                         if err.code() != KafkaError._PARTITION_EOF:
                             log.warning("raw consume error: %s", err)
                         continue
-                    records.append(RawRecord(m.partition(), m.offset(), m.value(), m.headers()))  # type: ignore[arg-type]
+                    ts_type, ts = m.timestamp()
+                    records.append(RawRecord(
+                        m.partition(), m.offset(), m.value(), m.headers(),  # type: ignore[arg-type]
+                        ts if ts_type != TIMESTAMP_NOT_AVAILABLE and ts > 0 else None,
+                    ))
                 if time.monotonic() >= self._lag_at:
                     self._sample_lag(consumer, raw)
                     self._lag_at = time.monotonic() + metrics.LAG_INTERVAL_S
@@ -159,7 +163,10 @@ class IngestService:
             r = dead.record
             record = dead_letters.build(
                 self.sealer, reason=dead.reason, detail=dead.detail, topic=raw,
-                partition=r.partition, offset=r.offset, payload=r.value, failed_at_ms=now_ms,
+                partition=r.partition, offset=r.offset, payload=r.value,
+                # The raw record's own timestamp where it has one: a replay after a crash then
+                # rebuilds the very same dead letter, which the sink stores once.
+                failed_at_ms=r.timestamp_ms or now_ms,
             )
             key, value = dead_letters.encode(record)
             producer.produce(dlq, key=key, value=value)
