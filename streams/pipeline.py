@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,22 @@ class Pipeline:
             table, partition_of or (lambda key: partition_for(str(key), n)), persons,
         )
         return table
+
+
+async def deliver(sends: Sequence[tuple[Any, bytes | None, bytes | None, int | None]]) -> None:
+    """Send (topic, key, value, partition) records and wait until the broker holds every one.
+
+    For outputs that a state write then records as done (a closed session, a fired trigger,
+    counters handed to a merge survivor): written with ``send_soon``, the state's changelog
+    record could reach the broker while the output is still buffered, and a crash in between
+    would lose the output for good (the redelivered batch finds the work done). Waiting first
+    means a crash can only lose the state write, and the redelivered batch does the work again
+    under the same deterministic ids.
+    """
+    futures = [await topic.send(key=key, value=value, partition=partition, force=True)
+               for topic, key, value, partition in sends]
+    if futures:
+        await asyncio.gather(*futures)
 
 
 _REFERENCES: dict[int, Any] = {}

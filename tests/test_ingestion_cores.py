@@ -68,32 +68,45 @@ def test_hash_is_keyed_by_identifier_type() -> None:
 def test_repeats_in_later_batches_and_within_a_batch_are_dropped() -> None:
     d = Dedup(window_ms=1000, max_ids=100)
     first = d.admit(0, "b1", ["e1", "e2", "e1"], [10, 20, 10], watermark_ms=0)
-    assert first.keep == [True, True, False]
-    assert first.entry == ("0|b1", {"t": 20, "ids": ["e1", "e2"]})
+    assert first.keep == [True, True, False] and first.effects is None
+    assert d.record(0, "b1", "fx1") == ("0|b1", {"t": 20, "ids": ["e1", "e2"], "fx": "fx1"})
     second = d.admit(0, "b2", ["e2", "e3"], [20, 30], watermark_ms=0)
-    assert second.keep == [False, True] and second.entry == ("0|b2", {"t": 30, "ids": ["e3"]})
+    assert second.keep == [False, True]
+    assert d.record(0, "b2", "fx2") == ("0|b2", {"t": 30, "ids": ["e3"], "fx": "fx2"})
     # Other partitions are independent: routing puts one event id's repeats in one partition.
     assert d.admit(1, "b9", ["e1"], [10], watermark_ms=0).keep == [True]
 
 
-def test_a_redelivered_batch_is_processed_again_not_dropped() -> None:
+def test_a_redelivered_batch_is_sent_on_again_with_the_effects_recorded_the_first_time() -> None:
     d = Dedup(window_ms=1000, max_ids=100)
     d.admit(0, "b1", ["e1", "e2"], [10, 20], watermark_ms=0)
+    d.record(0, "b1", {"p": ["first decision"]})
     again = d.admit(0, "b1", ["e1", "e2"], [10, 20], watermark_ms=0)
-    assert again.keep == [True, True] and again.entry is None
+    assert again.keep == [True, True] and again.effects == {"p": ["first decision"]}
+    assert d.record(0, "b1", {"p": ["second decision"]}) is None  # the first one stands
+
+
+def test_a_batch_that_introduced_nothing_records_nothing() -> None:
+    d = Dedup(window_ms=1000, max_ids=100)
+    d.admit(0, "b1", ["e1"], [10], watermark_ms=0)
+    d.record(0, "b1", "fx")
+    assert d.admit(0, "b2", ["e1"], [10], watermark_ms=0).keep == [False]
+    assert d.record(0, "b2", "fx") is None
 
 
 def test_state_reloaded_from_table_entries_drops_the_same_repeats() -> None:
     d = Dedup(window_ms=1000, max_ids=100)
     table: dict[str, dict] = {}
     for batch, ids in (("b1", ["e1", "e2"]), ("b2", ["e3"])):
-        a = d.admit(2, batch, ids, [5] * len(ids), watermark_ms=0)
-        assert a.entry is not None
-        table[a.entry[0]] = a.entry[1]
+        d.admit(2, batch, ids, [5] * len(ids), watermark_ms=0)
+        entry = d.record(2, batch, f"fx-{batch}")
+        assert entry is not None
+        table[entry[0]] = entry[1]
     restarted = Dedup(window_ms=1000, max_ids=100)
     restarted.load(2, table.items())
     assert restarted.admit(2, "b3", ["e1", "e3", "e4"], [5, 5, 5], watermark_ms=0).keep == [False, False, True]
-    assert restarted.admit(2, "b1", ["e1", "e2"], [5, 5], watermark_ms=0).keep == [True, True]  # redelivery
+    redelivered = restarted.admit(2, "b1", ["e1", "e2"], [5, 5], watermark_ms=0)
+    assert redelivered.keep == [True, True] and redelivered.effects == "fx-b1"
 
 
 def test_entries_expire_with_stream_time_and_the_size_is_bounded() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from streams import avro, metrics
+from streams import avro, metrics, redelivery
 from streams.features import counters
-from streams.pipeline import Pipeline
+from streams.pipeline import Pipeline, deliver
 from streams.topics import FEATURED, MEMBER_FEATURES, PERSON_OPS, partition_for
 
 
@@ -25,8 +25,15 @@ def register(p: Pipeline) -> None:
             started = time.perf_counter()
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
-            touched, moves = _apply(batch["ops"], table, n)
-
+            touched, moves = _apply(batch, table, n)
+            # Moves first: a person merged away leaves the table only once the broker holds
+            # its counters for the survivor, so a crash in between cannot lose them.
+            await deliver([
+                (ops_topic, None, avro.encode(avro.PERSON_BATCH, {
+                    "batch_id": f"{batch['batch_id']}/move", "source_partition": -1,
+                    "watermark_ms": 0, "source_offset": -1, "ops": ops}), dest)
+                for dest, ops in moves.items()
+            ])
             for person, state in touched.items():
                 if state is None:
                     if person in table:
@@ -38,21 +45,18 @@ def register(p: Pipeline) -> None:
                         key=person.encode(), value=avro.encode(avro.MEMBER_FEATURES, counters.snapshot(state))
                     )
             metrics.FEATURE_UPDATES.inc(len(touched))
-            for dest, ops in moves.items():
-                move = {"batch_id": f"{batch['batch_id']}/move", "source_partition": -1,
-                        "watermark_ms": 0, "ops": ops}
-                ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, move), partition=dest)
             featured_topic.send_soon(value=event.value, partition=part)
             metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
             batch_seconds.observe(time.perf_counter() - started)
 
 
 def _apply(
-    ops: list[dict[str, Any]], table: Any, n: int,
+    batch: dict[str, Any], table: Any, n: int,
 ) -> tuple[dict[str, dict[str, Any] | None], dict[int, list[dict[str, Any]]]]:
     """Apply one batch of person ops; return touched states (None: merged away) and moves."""
     touched: dict[str, dict[str, Any] | None] = {}
     moves: dict[int, list[dict[str, Any]]] = {}
+    fresh: dict[str, bool] = {}  # person -> this batch is new to their state (a redelivery is skipped)
 
     def state_of(person: str) -> dict[str, Any]:
         current = touched.get(person)
@@ -61,10 +65,16 @@ def _apply(
             touched[person] = current
         return current
 
-    for op in ops:
+    for op in batch["ops"]:
         person = op["person_id"]
         if op["kind"] == "event":
-            counters.apply_event(state_of(person), op["event"])
+            state = state_of(person)
+            if person not in fresh:
+                fresh[person] = redelivery.claim(state, batch)
+            if fresh[person]:
+                counters.apply_event(state, op["event"])
+            # A redelivered batch still touches the person: the snapshot is sent again, in case
+            # the crash came between the state's changelog record and the snapshot.
         elif op["kind"] == "merge":
             # This partition owns the person being merged away: hand its
             # counters to the survivor's partition, then forget it.

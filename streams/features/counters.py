@@ -1,34 +1,31 @@
 """Pure core of the skeleton's member features: counters per person.
 
 State is a plain dict so it round-trips through a Faust table's JSON
-changelog. ``recent`` holds the last event ids applied, so an event seen again
-(a producer retry or a replay after a crash) does not count twice.
+changelog. Counting is not idempotent by itself: the agent applies a person's
+ops only from batches the state has not applied yet (streams/redelivery.py,
+kept under ``src``), so a replay after a crash does not count twice.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from streams import redelivery
 from streams.touchpoint.record import props
 from streams.touchpoint.taxonomy import PAGE_TYPES
-
-RECENT_IDS = 64
 
 
 def empty(person_id: str) -> dict[str, Any]:
     return {
         "person_id": person_id, "member_id": None, "events": 0, "page_views": 0,
         "product_views": 0, "cart_adds": 0, "orders": 0, "revenue": 0.0,
-        "first_seen_ms": 0, "last_seen_ms": 0, "merged_from": [], "recent": [],
+        "first_seen_ms": 0, "last_seen_ms": 0, "merged_from": [],
     }
 
 
-def apply_event(state: dict[str, Any], enriched: dict[str, Any]) -> bool:
-    """Count one enriched touchpoint; False if it was already counted."""
+def apply_event(state: dict[str, Any], enriched: dict[str, Any]) -> None:
+    """Count one enriched touchpoint."""
     tp = enriched["touchpoint"]
-    if tp["event_id"] in state["recent"]:
-        return False
-    state["recent"] = (state["recent"] + [tp["event_id"]])[-RECENT_IDS:]
     t = tp["type"]
     state["events"] += 1
     if t in PAGE_TYPES:
@@ -46,7 +43,6 @@ def apply_event(state: dict[str, Any], enriched: dict[str, Any]) -> bool:
     state["last_seen_ms"] = max(state["last_seen_ms"], when)
     if enriched.get("member_id"):
         state["member_id"] = enriched["member_id"]
-    return True
 
 
 def absorb(state: dict[str, Any], other: dict[str, Any]) -> bool:
@@ -59,11 +55,10 @@ def absorb(state: dict[str, Any], other: dict[str, Any]) -> bool:
     state["first_seen_ms"] = min(firsts) if firsts else 0
     state["last_seen_ms"] = max(state["last_seen_ms"], other["last_seen_ms"])
     state["merged_from"] = state["merged_from"] + [other["person_id"], *other["merged_from"]]
-    state["recent"] = (state["recent"] + other.get("recent", []))[-RECENT_IDS:]  # a snapshot carries none
     state["member_id"] = state["member_id"] or other["member_id"]
     return True
 
 
 def snapshot(state: dict[str, Any]) -> dict[str, Any]:
     """The MemberFeatures record published for this state."""
-    return {k: v for k, v in state.items() if k != "recent"}
+    return {k: v for k, v in state.items() if k != redelivery.KEY}

@@ -9,7 +9,7 @@ from typing import Any
 
 from streams import avro, metrics, streamtime
 from streams.identity.dedup import Dedup
-from streams.identity.links import Merge, resolve
+from streams.identity.links import Merge, Resolution, resolve
 from streams.pipeline import Pipeline
 from streams.reference.enrich import enrich
 from streams.topics import ENRICHED, IDENTITY_CHANGES, INGESTED, PERSON_OPS, partition_for
@@ -48,17 +48,29 @@ def register(p: Pipeline) -> None:
                 part, batch["batch_id"], [i["touchpoint"]["event_id"] for i in items],
                 [i["touchpoint"]["event_time_ms"] for i in items], watermark,
             )
-            if admitted.entry is not None:
-                seen[admitted.entry[0]] = admitted.entry[1]
             for key in admitted.expired:
                 seen.pop(key, None)
+            kept = [item for item, keep in zip(items, admitted.keep, strict=True) if keep]
             for item, keep in zip(items, admitted.keep, strict=True):
                 if not keep:
                     tp = item["touchpoint"]
                     metrics.INGEST_OUTCOMES.labels(tp["channel"], tp["type"], "duplicate", "").inc()
-                    continue
-                tp = item["touchpoint"] if reference is None else enrich(item["touchpoint"], reference)
-                res = resolve(tp, item["route_key"], links)
+            touchpoints = [i["touchpoint"] if reference is None else enrich(i["touchpoint"], reference)
+                           for i in kept]
+            replayed = _replay(admitted.effects, len(kept))
+            if replayed is None:
+                # Decide now, against links buffered in `pending`: the batch's effects reach the
+                # changelog before the link changes they rest on (streams/identity/dedup.py).
+                pending = _Pending(links)
+                resolutions = [resolve(tp, item["route_key"], pending) for tp, item in zip(touchpoints, kept, strict=True)]
+                merges = [r.merge for r in resolutions if r.merge is not None]
+                entry = dedup.record(part, batch["batch_id"], _effects(resolutions))
+                if entry is not None:
+                    seen[entry[0]] = entry[1]
+                pending.flush()
+            else:
+                resolutions, merges = replayed
+            for tp, item, res in zip(touchpoints, kept, resolutions, strict=True):
                 enriched = {
                     "person_id": res.person_id, "member_id": res.member_id, "processed_at_ms": now_ms,
                     "raw_partition": item["raw_partition"], "raw_offset": item["raw_offset"], "touchpoint": tp,
@@ -70,12 +82,12 @@ def register(p: Pipeline) -> None:
                     {"kind": "event", "person_id": res.person_id, "event": enriched,
                      "other_person": None, "absorbed": None}
                 )
-                if res.merge is not None:
-                    _publish_merge(changes_topic, res.merge)
-                    by_person_part[partition_for(res.merge.from_person, n)].append(
-                        {"kind": "merge", "person_id": res.merge.from_person, "event": None,
-                         "other_person": res.merge.into_person, "absorbed": None}
-                    )
+            for merge in merges:
+                _publish_merge(changes_topic, merge)
+                by_person_part[partition_for(merge.from_person, n)].append(
+                    {"kind": "merge", "person_id": merge.from_person, "event": None,
+                     "other_person": merge.into_person, "absorbed": None}
+                )
             metrics.observe_many(processing, metrics.event_delays(
                 [op for ops in by_person_part.values() for op in ops], now_ms))
             metrics.DUPLICATES.inc(admitted.keep.count(False))
@@ -85,10 +97,42 @@ def register(p: Pipeline) -> None:
             for dest in targets:
                 out = {
                     "batch_id": f"{batch['batch_id']}/{part}", "source_partition": part,
-                    "watermark_ms": watermark, "ops": by_person_part.get(dest, []),
+                    "watermark_ms": watermark, "source_offset": event.message.offset,
+                    "ops": by_person_part.get(dest, []),
                 }
                 ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, out), partition=dest)
             batch_seconds.observe(time.perf_counter() - started)
+
+
+class _Pending(dict):  # type: ignore[type-arg]
+    """Link writes held back until ``flush``; reads see them over the table's values."""
+
+    def __init__(self, table: Any) -> None:
+        super().__init__()
+        self.table = table
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else self.table.get(key, default)
+
+    def flush(self) -> None:
+        for key, value in self.items():
+            self.table[key] = value
+
+
+def _effects(resolutions: list[Resolution]) -> dict[str, Any]:
+    """A batch's decisions as JSON: each kept event's (person, member) and the merges made."""
+    return {
+        "p": [[r.person_id, r.member_id] for r in resolutions],
+        "m": [[m.from_person, m.into_person, m.route_key, m.member_id, m.event_id, m.event_time_ms]
+              for r in resolutions if (m := r.merge) is not None],
+    }
+
+
+def _replay(effects: Any, kept: int) -> tuple[list[Resolution], list[Merge]] | None:
+    """The recorded decisions of a redelivered batch, or None to decide now."""
+    if not effects or len(effects["p"]) != kept:
+        return None
+    return [Resolution(p, m) for p, m in effects["p"]], [Merge(*m) for m in effects["m"]]
 
 
 def _publish_merge(topic: Any, m: Merge) -> None:

@@ -11,10 +11,16 @@ record per batch. After a crash or rebalance the partition's entries are
 loaded back from the recovered table (``load``).
 
 Redelivery of the *same* batch (the worker died before committing it) is not
-a duplicate: its events are processed again and downstream ids are
-deterministic. An id is a duplicate only when an earlier, different batch
-introduced it, so a crash can never turn an event into a dropped "duplicate"
-whose outputs were never sent.
+a duplicate: its events are sent on again. An id is a duplicate only when an
+earlier, different batch introduced it, so a crash can never turn an event
+into a dropped "duplicate" whose outputs were never sent.
+
+The entry also records the batch's *effects* (what the stage decided for it:
+each event's person, the merges it made), written before the state those
+decisions changed. A redelivered batch replays the recorded effects instead
+of deciding again against state that already moved on, so its outputs are
+the same records as the first time and downstream stages, which drop what
+they already applied, count nothing twice.
 
 Bounded: entries expire once their newest event time falls more than the
 window behind stream time, and the oldest batches go first when a partition
@@ -34,16 +40,23 @@ def entry_key(partition: int, batch_id: str) -> str:
 
 
 @dataclass
+class _Batch:
+    t: int  # newest event time of the ids it introduced
+    ids: list[str]  # event ids it introduced
+    effects: Any = None  # what the stage decided for it (JSON), once recorded
+
+
+@dataclass
 class _Partition:
     first_batch: dict[str, str] = field(default_factory=dict)  # event id -> batch that introduced it
-    batches: OrderedDict[str, tuple[int, list[str]]] = field(default_factory=OrderedDict)  # in arrival order
+    batches: OrderedDict[str, _Batch] = field(default_factory=OrderedDict)  # in arrival order
 
 
 @dataclass(frozen=True)
 class Admitted:
     keep: list[bool]  # per event of the batch: False for a duplicate
-    entry: tuple[str, dict[str, Any]] | None  # table entry to write (None: nothing new)
     expired: list[str]  # table keys to delete
+    effects: Any = None  # a redelivered batch: the effects recorded the first time (None: decide now)
 
 
 class Dedup:
@@ -65,7 +78,7 @@ class Dedup:
         rows = sorted(((k, v) for k, v in entries if k.startswith(prefix) and v), key=lambda kv: (kv[1]["t"], kv[0]))
         for key, value in rows:
             batch_id = key[len(prefix):]
-            part.batches[batch_id] = (value["t"], list(value["ids"]))
+            part.batches[batch_id] = _Batch(value["t"], list(value["ids"]), value.get("fx"))
             for event_id in value["ids"]:
                 part.first_batch.setdefault(event_id, batch_id)
         self._parts[partition] = part
@@ -93,24 +106,32 @@ class Dedup:
                 newest = max(newest, t)
             # Seen before: a duplicate unless this very batch introduced it (redelivery after a crash).
             keep.append(first is None or first == batch_id)
-        entry = None
+        known = part.batches.get(batch_id)
+        effects = None if known is None else known.effects
         if new_ids:
-            t_old, ids_old = part.batches.pop(batch_id, (0, []))
-            ids = ids_old + new_ids
-            t = max(t_old, newest)
-            part.batches[batch_id] = (t, ids)
-            entry = (entry_key(partition, batch_id), {"t": t, "ids": ids})
-        return Admitted(keep, entry, self._expire(partition, part, watermark_ms))
+            old = part.batches.pop(batch_id, None) or _Batch(0, [])
+            part.batches[batch_id] = _Batch(max(old.t, newest), old.ids + new_ids)
+        return Admitted(keep, self._expire(partition, part, watermark_ms), effects)
+
+    def record(self, partition: int, batch_id: str, effects: Any) -> tuple[str, dict[str, Any]] | None:
+        """Remember what the stage decided for an admitted batch; return the table entry to
+        write (before the state those decisions changed), or None when the batch introduced
+        no ids or its effects are recorded already (a redelivery)."""
+        batch = self._parts[partition].batches.get(batch_id)
+        if batch is None or batch.effects is not None:
+            return None
+        batch.effects = effects
+        return entry_key(partition, batch_id), {"t": batch.t, "ids": batch.ids, "fx": effects}
 
     def _expire(self, partition: int, part: _Partition, watermark_ms: int) -> list[str]:
         expired = []
         horizon = watermark_ms - self.window_ms
         while part.batches:
-            batch_id, (t, ids) = next(iter(part.batches.items()))
-            if t >= horizon and len(part.first_batch) <= self.max_ids:
+            batch_id, batch = next(iter(part.batches.items()))
+            if batch.t >= horizon and len(part.first_batch) <= self.max_ids:
                 break
             part.batches.popitem(last=False)
-            for event_id in ids:
+            for event_id in batch.ids:
                 if part.first_batch.get(event_id) == batch_id:
                     del part.first_batch[event_id]
             expired.append(entry_key(partition, batch_id))

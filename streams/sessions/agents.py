@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from streams import avro, metrics, streamtime
-from streams.pipeline import Pipeline
+from streams import avro, metrics, redelivery, streamtime
+from streams.pipeline import Pipeline, deliver
 from streams.sessions import core
 from streams.topics import FEATURED, SESSIONS
 
@@ -28,10 +28,6 @@ def register(p: Pipeline) -> None:
     index = streamtime.DueIndex(table, lambda state: core.next_close(state, timeout_ms))
     p.on_revoked(index.forget)
 
-    def publish(records: list[dict[str, Any]]) -> None:
-        for rec in records:
-            sessions_topic.send_soon(key=rec["person_id"].encode(), value=avro.encode(avro.SESSION, rec))
-
     @p.app.agent(p.topic(FEATURED), name="sessions")
     async def sessions(stream: Any) -> None:
         async for event in stream.events():
@@ -45,16 +41,21 @@ def register(p: Pipeline) -> None:
             metrics.STREAM_TIME.labels("sessions", str(part)).set(stream_time)
 
             touched: dict[str, dict[str, Any]] = {}
+            fresh: dict[str, bool] = {}  # person -> the batch is new to their state
+            closed: list[dict[str, Any]] = []
             for op in batch["ops"]:
                 person = op["person_id"]
                 if op["kind"] == "event":
                     state = touched.get(person) or table.get(person) or core.empty(person, part)
-                    if core.on_event(state, op["event"], timeout_ms):
+                    if person not in fresh:
+                        fresh[person] = redelivery.claim(state, batch)
+                    if fresh[person]:
+                        core.on_event(state, op["event"], timeout_ms)
                         touched[person] = state
                 elif op["kind"] == "merge":  # person is merged away: close its sessions now
                     gone = touched.get(person) or table.get(person)
                     if gone is not None and gone["open"]:
-                        publish(core.close_all(gone, stream_time))
+                        closed += core.close_all(gone, stream_time)
                         touched[person] = gone
 
             for person, state in touched.items():
@@ -64,9 +65,12 @@ def register(p: Pipeline) -> None:
                 if current is None:
                     index.drop(part, person)
                     continue
-                publish(core.close_due(current, stream_time, timeout_ms))
+                closed += core.close_due(current, stream_time, timeout_ms)
                 touched[person] = current
                 index.update(part, person, current)
+            # Closed sessions reach the broker before the states that no longer hold them.
+            await deliver([(sessions_topic, rec["person_id"].encode(), avro.encode(avro.SESSION, rec), None)
+                           for rec in closed])
             for person, state in touched.items():
                 table[person] = state
             metrics.STAGE_BATCH_SECONDS.labels("sessions").observe(time.perf_counter() - started)

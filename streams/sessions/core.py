@@ -6,9 +6,9 @@ events at t and t + timeout + 1 ms do not.
 
 State is one plain dict per person (it round-trips through a Faust table's
 JSON changelog): the person's open sessions, each a few counters plus "the
-earliest event having X" markers, and ``recent``, the last RECENT_IDS event
-ids applied, so an event delivered again (a replay after a crash) is not
-counted twice. Events are counted, never stored.
+earliest event having X" markers. Events are counted, never stored; the
+agent applies a person's ops only from batches the state has not applied yet
+(streams/redelivery.py), so a replay after a crash counts nothing twice.
 
 Arrival order. An event joins every open session whose
 [start - timeout, end + timeout] holds its time, moving that session's start
@@ -49,7 +49,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from streams.features.counters import RECENT_IDS  # both stages forget repeats alike
 from streams.touchpoint.record import props as record_props
 from streams.touchpoint.taxonomy import PAGE_TYPES
 
@@ -58,19 +57,16 @@ FIRST_HAVING = ("channel", "landing_page", "campaign", "source", "store_id")
 
 
 def empty(person_id: str, partition: int) -> dict[str, Any]:
-    return {"person_id": person_id, "partition": partition, "open": [], "recent": []}
+    return {"person_id": person_id, "partition": partition, "open": []}
 
 
 def session_id(person_id: str, first_event_id: str) -> str:
     return hashlib.blake2b(f"{person_id}|{first_event_id}".encode(), digest_size=16).hexdigest()
 
 
-def on_event(state: dict[str, Any], enriched: dict[str, Any], timeout_ms: int) -> bool:
-    """Add one enriched touchpoint to the person's sessions; False if it was already applied."""
+def on_event(state: dict[str, Any], enriched: dict[str, Any], timeout_ms: int) -> None:
+    """Add one enriched touchpoint to the person's sessions."""
     tp = enriched["touchpoint"]
-    if tp["event_id"] in state["recent"]:
-        return False
-    state["recent"] = (state["recent"] + [tp["event_id"]])[-RECENT_IDS:]
     merged = _single(enriched)
     t = tp["event_time_ms"]
     keep = []
@@ -80,7 +76,6 @@ def on_event(state: dict[str, Any], enriched: dict[str, Any], timeout_ms: int) -
         else:
             keep.append(s)
     state["open"] = sorted([*keep, merged], key=lambda s: (s["start_ms"], s["first_id"]))
-    return True
 
 
 def next_close(state: dict[str, Any], timeout_ms: int) -> int | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from streams import avro, metrics, streamtime
-from streams.pipeline import Pipeline
+from streams import avro, metrics, redelivery, streamtime
+from streams.pipeline import Pipeline, deliver
 from streams.topics import FEATURED, TRIGGERS
 from streams.triggers import cart_abandon
 
@@ -33,12 +33,18 @@ def register(p: Pipeline) -> None:
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
             touched: dict[str, dict[str, Any]] = {}
+            fresh: dict[str, bool] = {}  # person -> the batch is new to their state
+            fired: list[tuple[Any, bytes, bytes, None]] = []
             for op in batch["ops"]:
                 if op["kind"] != "event":
                     continue
                 person = op["person_id"]
                 state = touched.get(person) or pending.get(person) or cart_abandon.empty(person, part)
-                if cart_abandon.on_event(state, op["event"], delay_ms):
+                if person not in fresh:
+                    fresh[person] = redelivery.claim(state, batch)
+                # The claim is kept only with a state worth keeping: carts are replay-safe by
+                # themselves (fired carts are remembered), persons without any need no entry.
+                if fresh[person] and cart_abandon.on_event(state, op["event"], delay_ms):
                     touched[person] = state
 
             stream_time = streamtime.advance_person_batch(clocks, part, batch, n)
@@ -52,7 +58,7 @@ def register(p: Pipeline) -> None:
                     index.drop(part, person)
                     continue
                 for trig in cart_abandon.fire_due(state, stream_time):
-                    triggers_topic.send_soon(key=person.encode(), value=avro.encode(avro.TRIGGER, trig))
+                    fired.append((triggers_topic, person.encode(), avro.encode(avro.TRIGGER, trig), None))
                     metrics.TRIGGERS_FIRED.labels(trig["rule"]).inc()
                     # Due time (event time + delay) to publication, by the wall clock: with
                     # TOUCHLINE_CLOCK=wall this is how late the reminder went out
@@ -61,6 +67,8 @@ def register(p: Pipeline) -> None:
                     metrics.TRIGGER_LATENCY_SECONDS.labels(trig["rule"]).observe(max(0, late_ms) / 1000)
                 touched[person] = state
                 index.update(part, person, state)
+            # Fired triggers reach the broker before the states that forget their carts.
+            await deliver(fired)
             for person, state in touched.items():
                 pending[person] = state
             metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
