@@ -111,7 +111,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("hot-key", "one kiosk cookie sends 30% of events; a worker SIGKILLed twice", traffic="hot",
              steps=lambda rng: _at(rng, 2, "kill-worker")),
 )}
-QUICK = ("malformed-flood", "sink-outage", "rebalance")  # the ones `make test` runs too (tests/test_faults.py)
+QUICK = tuple(SCENARIOS)  # the ones `make test` runs too (tests/test_faults.py), on less traffic
 
 
 def traffic_for(variant: str, events: int, seed: int) -> Traffic:

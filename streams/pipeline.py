@@ -137,10 +137,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
         table_standby_replicas=0,
         producer_linger=0.005,
         # Faust refuses to recover a changelog partition whose locally recorded offset is past the
-        # broker's high watermark (meant for a RocksDB file outliving its topic). With the memory
-        # store that offset is what this same process read moments ago, and the embedded broker
-        # reports the high watermark as the first offset of a partition's last record batch plus
-        # one, so after a rebalance the check fails on a healthy table and crashes the worker.
+        # changelog's end (meant for a RocksDB file outliving its topic). With the memory store that
+        # offset is what this same process read moments ago; against the end the embedded broker
+        # reports (see streams/kafka/faust_offsets.py) the check failed on healthy tables.
         recovery_consistency_check=not settings.store.startswith("memory"),
     )
     topics = {

@@ -76,7 +76,7 @@ def test_flood_traffic_has_the_base_traffics_good_events() -> None:
 
 
 @pytest.mark.e2e
-def test_quick_scenarios_end_in_the_fault_free_state(broker, tmp_path: Path) -> None:
+def test_every_scenario_ends_in_the_fault_free_state(broker, tmp_path: Path) -> None:
     harness = faults.Harness(broker.bootstrap, tmp_path, events=1200, seed=11)
     results = [harness.run(faults.SCENARIOS[name]) for name in faults.QUICK]
     baseline = harness.baselines["base"]

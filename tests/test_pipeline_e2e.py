@@ -210,3 +210,40 @@ def test_a_partition_with_nothing_committed_is_sought_back_to_its_start(broker) 
     fetched, upstream, fixed = asyncio.run(scenario())
     assert (fetched, upstream) == (6, 6)  # aiokafka's seek left the six records behind
     assert fixed == 0
+
+
+def test_changelog_ends_are_measured_exactly_for_table_recovery(broker) -> None:
+    """streams/kafka/faust_offsets.py: Faust recovers a table up to the end offset it is given and
+    never applies what lies beyond. The embedded broker under-reports the end (the previous test);
+    the end Faust is given includes the whole last record batch."""
+    import asyncio
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.kafka.faust_offsets import exact_end_offsets
+
+    topic, empty = f"end-{uuid.uuid4().hex[:8]}", f"empty-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for f in admin.create_topics([NewTopic(topic, 1, 1), NewTopic(empty, 1, 1)]).values():
+        f.result()
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50})
+    for batch in (5, 3):  # two record batches: offsets 0-4, then 5-7
+        for _ in range(batch):
+            p.produce(topic, value=b"x", partition=0)
+        assert p.flush(10) == 0
+
+    async def ends() -> tuple[dict, dict]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, 0), TopicPartition(empty, 0)]
+            return dict(await consumer.end_offsets(tps)), await exact_end_offsets(consumer, tps)
+        finally:
+            await consumer.stop()
+
+    reported, exact = asyncio.run(ends())
+    assert reported[TopicPartition(topic, 0)] == 6  # what Faust alone would recover up to
+    assert exact == {TopicPartition(topic, 0): 8, TopicPartition(empty, 0): 0}
