@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -134,25 +135,34 @@ def test_malformed_bytes_go_to_dead_letters_and_the_worker_keeps_running(stack_f
             'type="page_viewed"} 1.0' in scraped)
 
 
+def _two_record_batches(broker: Any, name: str, batches: tuple[int, ...] = (5, 3)) -> str:
+    """A new one-partition topic holding record batches of these sizes (default: offsets 0-4,
+    then 5-7)."""
+    import uuid
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"{name}-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        f.result()
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50})
+    for batch in batches:
+        for _ in range(batch):
+            p.produce(topic, value=b"x", partition=0)
+        assert p.flush(10) == 0
+    return topic
+
+
 def test_the_embedded_broker_reports_the_high_watermark_at_the_start_of_the_last_batch(broker) -> None:
     """Why streams/pipeline.py turns Faust's recovery consistency check off with the memory store: the
     broker's high watermark is the first offset of a partition's last record batch plus one, so a table
     that has read every changelog record looks ahead of its changelog. If this fails, the broker is
     fixed and the check can come back."""
-    import uuid
+    from confluent_kafka import Consumer, TopicPartition
 
-    from confluent_kafka import Consumer, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    topic = f"hw-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
-        f.result()
-    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50})
-    for batch in (5, 3):  # two record batches: offsets 0-4, then 5-7
-        for _ in range(batch):
-            p.produce(topic, value=b"x", partition=0)
-        assert p.flush(10) == 0
+    topic = _two_record_batches(broker, "hw")
     c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": topic, "auto.offset.reset": "earliest"})
     try:
         assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 6)
@@ -217,23 +227,12 @@ def test_changelog_ends_are_measured_exactly_for_table_recovery(broker) -> None:
     never applies what lies beyond. The embedded broker under-reports the end (the previous test);
     the end Faust is given includes the whole last record batch."""
     import asyncio
-    import uuid
 
     from aiokafka import AIOKafkaConsumer, TopicPartition
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
 
     from streams.kafka.faust_offsets import exact_end_offsets
 
-    topic, empty = f"end-{uuid.uuid4().hex[:8]}", f"empty-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    for f in admin.create_topics([NewTopic(topic, 1, 1), NewTopic(empty, 1, 1)]).values():
-        f.result()
-    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50})
-    for batch in (5, 3):  # two record batches: offsets 0-4, then 5-7
-        for _ in range(batch):
-            p.produce(topic, value=b"x", partition=0)
-        assert p.flush(10) == 0
+    topic, empty = _two_record_batches(broker, "end"), _two_record_batches(broker, "empty", batches=())
 
     async def ends() -> tuple[dict, dict]:
         consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
