@@ -1,0 +1,189 @@
+"""The identity graph's pure core (streams/identity/graph.py): hand-made cases for each rule,
+and property tests that the clustering depends on the set of events only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams.identity.graph import Graph, Rules, cluster, identifiers_of, person_id_for
+
+T0 = 1_793_462_400_000
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def ev(event_id: str, t: int = 0, **identifiers: str) -> dict[str, Any]:
+    return {"event_id": event_id, "event_time_ms": T0 + t, "identifiers": identifiers}
+
+
+def test_junk_blocklisted_and_unknown_identifiers_never_link() -> None:
+    rules = Rules(blocklist=frozenset({"phone:+8613800000000"}))
+    e = ev("e1", anonymous_id="c1", member_id="undefined", phone="+8613800000000", device_id="000-000",
+           favourite_colour="blue")
+    assert identifiers_of(e, rules) == ["anonymous_id:c1"]
+
+
+def test_a_login_merges_the_cookie_person_into_the_member_person() -> None:
+    g = Graph()
+    assert g.add(ev("e1", 0, anonymous_id="c1")).person_id == person_id_for("anonymous_id:c1")
+    login = g.add(ev("e2", 10, anonymous_id="c1", member_id="M1"))
+    member = person_id_for("member_id:M1")
+    assert login.person_id == member
+    [change] = login.changes
+    assert (change.kind, change.from_person, change.into, change.evidence) == (
+        "merge", person_id_for("anonymous_id:c1"), (member,), ("e2",))
+    assert g.add(ev("e3", 20, anonymous_id="c1")).person_id == member  # later anonymous events follow
+
+
+def test_two_member_ids_never_merge_and_the_weaker_evidence_gives_way() -> None:
+    g = Graph()
+    for i in range(3):  # member A uses the phone three times
+        g.add(ev(f"a{i}", i, member_id="A", phone="p1"))
+    typo = g.add(ev("b0", 5, member_id="B", phone="p1"))  # typed once onto B's order
+    assert typo.person_id == person_id_for("member_id:B")
+    assert g.person["phone:p1"] == person_id_for("member_id:A")
+    [conflict] = typo.conflicts
+    assert {conflict.a, conflict.b} == {"member_id:B", "phone:p1"} and "member_id" in conflict.reason
+    assert typo.changes == []
+    # The same evidence in the other order gives the same answer.
+    h = Graph()
+    h.add(ev("b0", 5, member_id="B", phone="p1"))
+    changes = [h.add(ev(f"a{i}", i, member_id="A", phone="p1")).changes for i in range(3)]
+    assert h.person == g.person
+    assert any(c.kind == "split" for cs in changes for c in cs)  # the phone left B when A outweighed it
+
+
+def test_a_kiosk_seen_with_too_many_members_is_shared_and_its_merges_are_undone() -> None:
+    g = Graph(Rules(shared_threshold=2))
+    g.add(ev("k0", 0, anonymous_id="kiosk"))
+    g.add(ev("k1", 1, anonymous_id="kiosk", member_id="M1"))
+    assert g.person["anonymous_id:kiosk"] == person_id_for("member_id:M1")
+    g.add(ev("k2", 2, anonymous_id="kiosk", member_id="M2"))  # refused: M1 holds it
+    third = g.add(ev("k3", 3, anonymous_id="kiosk", member_id="M3"))
+    assert g.shared("anonymous_id:kiosk")
+    kiosk = person_id_for("anonymous_id:kiosk")
+    assert third.person_id == person_id_for("member_id:M3")  # the member, not the kiosk
+    assert g.person["anonymous_id:kiosk"] == kiosk
+    assert [(c.kind, c.from_person, c.into) for c in third.changes] == [
+        ("split", person_id_for("member_id:M1"), (kiosk,))]
+    assert "anonymous_id:kiosk" in third.changes[0].reason
+    assert g.add(ev("k4", 4, anonymous_id="kiosk")).person_id == kiosk  # anonymous use stays anonymous
+
+
+def test_limits_per_type_keep_the_strongest_phones() -> None:
+    g = Graph(Rules(limits={"member_id": 1, "phone": 2}))
+    for phone, uses in (("p1", 3), ("p2", 2), ("p3", 1)):
+        for i in range(uses):
+            g.add(ev(f"{phone}-{i}", i, member_id="M1", phone=phone))
+    member = person_id_for("member_id:M1")
+    assert [g.person[f"phone:{p}"] == member for p in ("p1", "p2", "p3")] == [True, True, False]
+
+
+# --------------------------------------------------------------------------- properties
+
+POOLS = {"member_id": 4, "phone": 4, "wechat_unionid": 3, "device_id": 3, "anonymous_id": 6}
+
+
+@st.composite
+def event_sets(draw: Any) -> list[dict[str, Any]]:
+    n = draw(st.integers(1, 40))
+    events = []
+    for i in range(n):
+        kinds = draw(st.lists(st.sampled_from(sorted(POOLS)), min_size=1, max_size=3, unique=True))
+        ids = {k: f"{k[0]}{draw(st.integers(0, POOLS[k] - 1))}" for k in kinds}
+        events.append(ev(f"e{i:03d}", draw(st.integers(0, 50)), **ids))
+    return events
+
+
+def plain_reference(events: list[dict[str, Any]], rules: Rules) -> dict[str, str]:
+    """The rules written out once more, as plainly as possible, sharing no code with the core:
+    identifier -> person id."""
+    def kind(i: str) -> str:
+        return i.split(":", 1)[0]
+
+    ids_of = {e["event_id"]: identifiers_of(e, rules) for e in events}
+    anchors: dict[str, set[str]] = {}
+    edges: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for e in events:
+        ids = ids_of[e["event_id"]]
+        for i in ids:
+            anchors.setdefault(i, set()).update(a for a in ids if kind(a) in rules.anchors and a != i)
+        for a in ids:
+            for b in ids:
+                if a < b:
+                    edges.setdefault((a, b), []).append((e["event_time_ms"], e["event_id"]))
+    shared = {i for i, a in anchors.items() if len(a) > rules.shared_threshold}
+    clusters = {i: {i} for i in anchors}  # identifier -> its cluster (one shared set object)
+    usable = [(a, b) for (a, b) in edges if a not in shared and b not in shared]
+    usable.sort(key=lambda ab: (-len(edges[ab]), min(rules.rank(ab[0]), rules.rank(ab[1])),
+                                max(rules.rank(ab[0]), rules.rank(ab[1])), min(edges[ab]), ab))
+    for a, b in usable:
+        ca, cb = clusters[a], clusters[b]
+        if ca is cb:
+            continue
+        union = ca | cb
+        if any(n > rules.limit(k) for k, n in Counter(kind(i) for i in union).items()):
+            continue
+        for i in union:
+            clusters[i] = union
+    return {i: person_id_for(min(c, key=lambda x: (rules.rank(x), x))) for i, c in clusters.items()}
+
+
+def _rules_hold(g: Graph) -> None:
+    for person, idents in g.clusters().items():
+        counts = Counter(i.split(":", 1)[0] for i in idents)
+        for kind, n in counts.items():
+            assert n <= g.rules.limit(kind), (person, kind, n)
+        assert counts["member_id"] <= 1
+        if len(idents) > 1:
+            assert not any(g.shared(i) for i in idents)
+
+
+@PROPERTY
+@given(event_sets(), st.randoms(use_true_random=False), st.integers(1, 3))
+def test_any_arrival_order_gives_the_reference_clustering(
+    events: list[dict[str, Any]], rnd: Any, threshold: int,
+) -> None:
+    rules = Rules(shared_threshold=threshold, limits={"member_id": 1, "phone": 2, "wechat_unionid": 1,
+                                                      "device_id": 2, "anonymous_id": 3})
+    reference, by_event = cluster(events, rules)
+    assert reference == plain_reference(events, rules)
+    for _ in range(2):
+        order = events[:]
+        rnd.shuffle(order)
+        g = Graph(rules)
+        for e in order:
+            g.add(e)
+        assert g.person == reference
+        assert {e["event_id"]: g.person_of(identifiers_of(e, rules)) for e in events} == by_event
+        _rules_hold(g)
+
+
+@PROPERTY
+@given(event_sets(), st.integers(1, 3))
+def test_every_person_change_is_reported_as_a_merge_or_split(events: list[dict[str, Any]], threshold: int) -> None:
+    """What follows the graph (features, pending triggers) learns of every identifier that changed
+    person, and of nothing else."""
+    g = Graph(Rules(shared_threshold=threshold))
+    for e in events:
+        before = dict(g.person)
+        update = g.add(e)
+        moved = {i: (was, g.person[i]) for i, was in before.items() if g.person[i] != was}
+        reported = {(c.from_person, into) for c in update.changes for into in c.into}
+        assert set(moved.values()) <= reported
+        for c in update.changes:
+            assert any(was == c.from_person for was, _ in moved.values()), c
+            if c.kind == "merge":
+                assert len(c.into) == 1 and c.from_person not in g.person.values()
+            else:
+                assert len(c.into) >= 1 and c.reason
+        assert update.person_id == g.person_of(identifiers_of(e, g.rules))
+
+
+def test_an_event_without_usable_identifiers_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Graph().add(ev("e1", anonymous_id="null"))
