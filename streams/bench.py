@@ -9,6 +9,15 @@ Same machine, same generated data, same embedded broker for every figure:
   the CPU seconds (user + sys) of the worker and sink processes only, read
   from /proc before and after; the broker and the load generator are not
   counted.
+- each stage within the 2-worker run: the same events divided by the CPU
+  seconds the stage's own code took (touchline_stage_cpu_seconds_total: the
+  thread's CPU time while an agent, or the ingest thread, runs its batch),
+  the sink's process CPU, and what no stage accounts for in the workers
+  (Faust's consumer, producer, changelogs and scheduling, librdkafka's
+  threads): "faust and the rest". The stages run together, so this is where
+  the whole pipeline's CPU goes, not each stage on a machine of its own.
+- state bytes per person (the person-keyed tables) and per identifier (the
+  identity links), from the workers' own state samples after the run.
 
 - latency at half the maximum rate (the 2-worker run's events per wall
   second): the first events of the same data produced at that rate into a
@@ -40,13 +49,16 @@ from confluent_kafka import Consumer
 from streams import avro
 from streams.kafka.broker import EmbeddedBroker, free_port
 from streams.kafka.clients import create_topics
-from streams.processes import Child, Supervisor, scrape_total
+from streams.pipeline import STATE_INTERVAL_S
+from streams.processes import Child, Supervisor, metrics_lines, scrape_total
 from streams.settings import Settings
 from streams.simulate.producer import produce, send_clock_ticks
 from streams.simulate.traffic import SimConfig, generate
 from streams.topics import RAW
 
 _TICK = os.sysconf("SC_CLK_TCK")
+# Tables keyed by person id: what a person costs (the identity tables are per identifier or batch).
+PERSON_TABLES = ("member-features", "session-open", "trigger-pending")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -116,9 +128,53 @@ def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int,
                 raise RuntimeError(f"bench process died: {sup.check_alive()}")
             time.sleep(0.2)
         wall = time.perf_counter() - wall0
-        cpu = sum(_cpu_seconds(c.proc.pid) - cpu0[c.name] for c in sup.children)
-    return {"workers": workers, "events": expected, "cpu_s": cpu, "wall_s": wall,
-            "events_per_cpu_s": expected / cpu, "events_per_wall_s": expected / wall}
+        cpu = {c.name: _cpu_seconds(c.proc.pid) - cpu0[c.name] for c in sup.children}
+        workers_list = [c for c in sup.children if c.name != "sink"]
+        stages = _stage_cpu(workers_list)
+        stages["sink"] = cpu["sink"]
+        stages["faust and the rest"] = sum(cpu[c.name] for c in workers_list) - sum(
+            v for k, v in stages.items() if k != "sink")
+        state = _state(workers_list)
+    total = sum(cpu.values())
+    return {"workers": workers, "events": expected, "cpu_s": total, "wall_s": wall,
+            "events_per_cpu_s": expected / total, "events_per_wall_s": expected / wall,
+            "stage_cpu_s": stages, "state": state}
+
+
+def _stage_cpu(workers: list[Child]) -> dict[str, float]:
+    """CPU seconds per stage, summed over the workers (touchline_stage_cpu_seconds_total)."""
+    out: dict[str, float] = {}
+    for c in workers:
+        assert c.port is not None
+        for line in metrics_lines(c.port):
+            if line.startswith("touchline_stage_cpu_seconds_total{"):
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                out[stage] = out.get(stage, 0.0) + float(line.split()[-1])
+    return out
+
+
+def _state(workers: list[Child]) -> dict[str, Any]:
+    """Bytes of state per person and per identifier, from the workers' state samples
+    (touchline_state_bytes, touchline_persons), once a sample taken after the run is in."""
+    time.sleep(STATE_INTERVAL_S + 2)
+    tables: dict[str, float] = {}
+    persons: dict[str, float] = {}
+    for c in workers:
+        assert c.port is not None
+        for line in metrics_lines(c.port):
+            if line.startswith("touchline_state_bytes{"):
+                table = line.split('table="', 1)[1].split('"', 1)[0]
+                tables[table] = tables.get(table, 0.0) + float(line.split()[-1])
+            elif line.startswith("touchline_persons{"):
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                persons[stage] = persons.get(stage, 0.0) + float(line.split()[-1])
+    per_person = sum(tables.get(t, 0.0) for t in PERSON_TABLES)
+    return {
+        "table_bytes": tables, "entries": persons,
+        "bytes_per_person": per_person / persons["features"] if persons.get("features") else None,
+        "bytes_per_identifier": (tables.get("identity-links", 0.0) / persons["identity"]
+                                 if persons.get("identity") else None),
+    }
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -193,6 +249,18 @@ def bench(events: int, out_path: Path) -> dict[str, Any]:
         print(f"  {label:38} {r['events_per_cpu_s']:>13,.0f} {r['events_per_cpu_s'] / c:>7.3f} "
               f"{r['events_per_wall_s']:>16,.0f}")
     print(f"\n  2 workers / 1 worker throughput (wall): {p2['events_per_wall_s'] / p1['events_per_wall_s']:.2f}x")
+    print("\n  each stage, within the 2-worker run: events / that stage's CPU seconds")
+    print(f"  {'stage':38} {'events/CPU-s':>13} {'ratio':>7} {'CPU s':>8} {'share':>7}")
+    for stage, sec in sorted(p2["stage_cpu_s"].items(), key=lambda kv: -kv[1]):
+        rate = p2["events"] / sec if sec > 0 else float("inf")
+        print(f"  {stage:38} {rate:>13,.0f} {rate / c:>7.3f} {sec:>8.2f} {sec / p2['cpu_s']:>7.1%}")
+    st = p2["state"]
+    if st["bytes_per_person"] is not None:
+        print(f"\n  state: {st['bytes_per_person']:,.0f} bytes per person "
+              f"({', '.join(PERSON_TABLES)}; {st['entries'].get('features', 0):,.0f} persons)")
+    if st["bytes_per_identifier"] is not None:
+        print(f"  state: {st['bytes_per_identifier']:,.0f} bytes per identifier "
+              f"(identity-links; {st['entries'].get('identity', 0):,.0f} identifiers)")
     lat = result["latency"]
     print(f"\n  latency at half the 2-worker rate ({lat['rate_events_per_s']:,.0f} events/s, "
           f"{lat['events']:,} events), milliseconds:")

@@ -13,6 +13,7 @@ table, topic, partition (bounded by the partition count) and the like.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections import Counter as _Tally
 from collections.abc import Sequence
@@ -42,6 +43,38 @@ STAGE_BATCH_SECONDS = Histogram(
     "touchline_stage_batch_seconds", "Time to process one batch record", ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+STAGE_CPU_SECONDS = Counter(
+    "touchline_stage_cpu_seconds_total",
+    "CPU seconds of the thread running a stage while in the stage's own code (Faust's consumer, "
+    "producer and scheduling, and the sink, are not in any stage)",
+    ["stage"],
+)
+
+
+class StageTimer:
+    """Times one stage's batches: wall seconds per batch (touchline_stage_batch_seconds) and the
+    CPU seconds of its thread while it runs the stage's own code (touchline_stage_cpu_seconds_total).
+    One per agent or thread; ``pause``/``resume`` around an await that lets other stages run."""
+
+    def __init__(self, stage: str) -> None:
+        self.batch = STAGE_BATCH_SECONDS.labels(stage)  # both series exist (at 0) from the start
+        self.cpu = STAGE_CPU_SECONDS.labels(stage)
+        self._wall = self._cpu = 0.0
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.thread_time()
+
+    def pause(self) -> None:
+        self.cpu.inc(time.thread_time() - self._cpu)
+
+    def resume(self) -> None:
+        self._cpu = time.thread_time()
+
+    def stop(self) -> None:
+        self.pause()
+        self.batch.observe(time.perf_counter() - self._wall)
+
+
 _STREAM_TIME_SECONDS = Gauge(
     "touchline_stream_time_seconds", "Event-time watermark per stage and partition, as Unix time in seconds",
     ["stage", "partition"],

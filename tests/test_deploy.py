@@ -50,6 +50,7 @@ METRICS = {
     "touchline_trigger_latency_seconds_bucket": {"rule", "le"},
     "touchline_triggers_fired_total": {"rule"},
     "touchline_stage_batch_seconds_bucket": {"stage", "le"},
+    "touchline_stage_cpu_seconds_total": {"stage"},
     "touchline_persons": {"stage", "partition"},
     "touchline_state_bytes": {"table", "partition"},
     "touchline_stream_time_seconds": {"stage", "partition"},

@@ -14,7 +14,7 @@ from streams.topics import FEATURED, MEMBER_FEATURES, PERSON_OPS, partition_for
 def register(p: Pipeline) -> None:
     table = p.table("member-features", persons="features")  # keyed by person id
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("features")
-    batch_seconds = metrics.STAGE_BATCH_SECONDS.labels("features")  # exists (at 0) from the start
+    timer = metrics.StageTimer("features")
     n = p.settings.partitions
     ops_topic, featured_topic = p.topic(PERSON_OPS), p.topic(FEATURED)
     snapshots_topic = p.topic(MEMBER_FEATURES)
@@ -22,18 +22,20 @@ def register(p: Pipeline) -> None:
     @p.app.agent(ops_topic, name="features")
     async def features(stream: Any) -> None:
         async for event in stream.events():
-            started = time.perf_counter()
+            timer.start()
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
             touched, moves = _apply(batch, table, n)
             # Moves first: a person merged away leaves the table only once the broker holds
             # its counters for the survivor, so a crash in between cannot lose them.
+            timer.pause()
             await deliver([
                 (ops_topic, None, avro.encode(avro.PERSON_BATCH, {
                     "batch_id": f"{batch['batch_id']}/move", "source_partition": -1,
                     "watermark_ms": 0, "source_offset": -1, "ops": ops}), dest)
                 for dest, ops in moves.items()
             ])
+            timer.resume()
             for person, state in touched.items():
                 if state is None:
                     if person in table:
@@ -47,7 +49,7 @@ def register(p: Pipeline) -> None:
             metrics.FEATURE_UPDATES.inc(len(touched))
             featured_topic.send_soon(value=event.value, partition=part)
             metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
-            batch_seconds.observe(time.perf_counter() - started)
+            timer.stop()
 
 
 def _apply(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -30,12 +29,12 @@ def register(p: Pipeline) -> None:
     reference = p.reference
     clock = p.clock
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("identity")
-    batch_seconds = metrics.STAGE_BATCH_SECONDS.labels("identity")  # exists (at 0) from the start
+    timer = metrics.StageTimer("identity")
 
     @p.app.agent(p.topic(INGESTED), name="identity")
     async def identity(stream: Any) -> None:
         async for event in stream.events():
-            started = time.perf_counter()
+            timer.start()
             part = event.message.partition
             batch = avro.decode_as(avro.INGESTED_BATCH, event.value)
             by_person_part: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -101,7 +100,7 @@ def register(p: Pipeline) -> None:
                     "ops": by_person_part.get(dest, []),
                 }
                 ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, out), partition=dest)
-            batch_seconds.observe(time.perf_counter() - started)
+            timer.stop()
 
 
 class _Pending(dict):  # type: ignore[type-arg]

@@ -57,7 +57,7 @@ class IngestService:
         # Raw partition -> the group's committed offset (None: nothing committed yet).
         self._committed: dict[int, int | None] = {}
         self._lag_at = 0.0
-        self._batch_seconds = metrics.STAGE_BATCH_SECONDS.labels("ingest")  # exists (at 0) from the start
+        self._timer = metrics.StageTimer("ingest")
         self._sent_times: dict[str, int] = {}
         self._seq = 0
         # Batch ids must never repeat across restarts: the identity stage's
@@ -154,7 +154,7 @@ class IngestService:
             metrics.CONSUMER_LAG.labels(group, raw, str(p)).set(metrics.lag_records(high, self._committed[p], low))
 
     def _process(self, records: list[RawRecord], producer: Any, ingested: str, dlq: str, raw: str) -> None:
-        started = time.perf_counter()
+        self._timer.start()
         routed = self.batcher.route(records)
         times = self.batcher.stream_times(self._owned)
         time_moved = times != self._sent_times
@@ -188,4 +188,4 @@ class IngestService:
             metrics.EVENTS_INGESTED.labels(channel).inc(n)
         for labels, n in routed.outcomes.items():
             metrics.INGEST_OUTCOMES.labels(*labels).inc(n)
-        self._batch_seconds.observe(time.perf_counter() - started)
+        self._timer.stop()

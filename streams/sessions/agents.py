@@ -9,7 +9,6 @@ partition in ``session-clocks``, and publishes every closed session to
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from streams import avro, metrics, redelivery, streamtime
@@ -23,6 +22,7 @@ def register(p: Pipeline) -> None:
     clocks = p.table("session-clocks", partition_of=int)
     n = p.settings.partitions
     timeout_ms = int(p.settings.session_timeout_s * 1000)
+    timer = metrics.StageTimer("sessions")
     sessions_topic = p.topic(SESSIONS)
     # which persons to look at when time moves: those with an open session, by when it closes
     index = streamtime.DueIndex(table, lambda state: core.next_close(state, timeout_ms))
@@ -31,7 +31,7 @@ def register(p: Pipeline) -> None:
     @p.app.agent(p.topic(FEATURED), name="sessions")
     async def sessions(stream: Any) -> None:
         async for event in stream.events():
-            started = time.perf_counter()
+            timer.start()
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
 
@@ -69,9 +69,11 @@ def register(p: Pipeline) -> None:
                 touched[person] = current
                 index.update(part, person, current)
             # Closed sessions reach the broker before the states that no longer hold them.
+            timer.pause()
             await deliver([(sessions_topic, rec["person_id"].encode(), avro.encode(avro.SESSION, rec), None)
                            for rec in closed])
+            timer.resume()
             for person, state in touched.items():
                 table[person] = state
-            metrics.STAGE_BATCH_SECONDS.labels("sessions").observe(time.perf_counter() - started)
+            timer.stop()
 

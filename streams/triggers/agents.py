@@ -18,7 +18,7 @@ def register(p: Pipeline) -> None:
     # Series exist from the start (at 0), so the first trigger shows in rate() and increase().
     metrics.TRIGGERS_FIRED.labels(cart_abandon.RULE)
     metrics.TRIGGER_LATENCY_SECONDS.labels(cart_abandon.RULE)
-    batch_seconds = metrics.STAGE_BATCH_SECONDS.labels("triggers")
+    timer = metrics.StageTimer("triggers")
     n = p.settings.partitions
     delay_ms = int(p.settings.cart_abandon_delay_s * 1000)
     triggers_topic = p.topic(TRIGGERS)
@@ -29,7 +29,7 @@ def register(p: Pipeline) -> None:
     @p.app.agent(p.topic(FEATURED), name="triggers")
     async def triggers(stream: Any) -> None:
         async for event in stream.events():
-            started = time.perf_counter()
+            timer.start()
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
             touched: dict[str, dict[str, Any]] = {}
@@ -68,9 +68,11 @@ def register(p: Pipeline) -> None:
                 touched[person] = state
                 index.update(part, person, state)
             # Fired triggers reach the broker before the states that forget their carts.
+            timer.pause()
             await deliver(fired)
+            timer.resume()
             for person, state in touched.items():
                 pending[person] = state
             metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
-            batch_seconds.observe(time.perf_counter() - started)
+            timer.stop()
 
