@@ -5,10 +5,11 @@ Same machine, same generated data, same embedded broker for every figure:
 - ceiling: confluent-kafka ``consume(1000)`` + Avro decode of the raw topic,
   no processing, in this process (CPU from getrusage);
 - pipeline with 1 and with 2 workers (plus the sink): raw events processed
-  end to end (enriched and inserted into ClickHouse) divided by
-  the CPU seconds (user + sys) of the worker and sink processes only, read
-  from /proc before and after; the broker and the load generator are not
-  counted.
+  end to end (enriched, inserted into ClickHouse, and through features,
+  sessions and triggers: the run ends when every event's row is stored and
+  the processes have gone idle) divided by the CPU seconds (user + sys) of
+  the worker and sink processes only, read from /proc before and after; the
+  broker and the load generator are not counted.
 - each stage within the 2-worker run: the same events divided by the CPU
   seconds the stage's own code took (touchline_stage_cpu_seconds_total: the
   thread's CPU time while an agent, or the ingest thread, runs its batch),
@@ -57,6 +58,7 @@ from streams.simulate.traffic import SimConfig, generate
 from streams.topics import RAW
 
 _TICK = os.sysconf("SC_CLK_TCK")
+IDLE_CORES = 0.15  # below this the worker and sink processes have nothing left to process
 # Tables keyed by person id: what a person costs (the identity tables are per identifier or batch).
 PERSON_TABLES = ("member-features", "session-open", "trigger-pending")
 
@@ -127,7 +129,9 @@ def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int,
             if sup.check_alive():
                 raise RuntimeError(f"bench process died: {sup.check_alive()}")
             time.sleep(0.2)
-        wall = time.perf_counter() - wall0
+        # Rows in ClickHouse are not the end: features, sessions and triggers read behind the
+        # enriched topic. The run ends when the processes go idle.
+        wall = _until_idle(sup.children) - wall0
         cpu = {c.name: _cpu_seconds(c.proc.pid) - cpu0[c.name] for c in sup.children}
         workers_list = [c for c in sup.children if c.name != "sink"]
         stages = _stage_cpu(workers_list)
@@ -141,33 +145,46 @@ def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int,
             "stage_cpu_s": stages, "state": state}
 
 
-def _stage_cpu(workers: list[Child]) -> dict[str, float]:
-    """CPU seconds per stage, summed over the workers (touchline_stage_cpu_seconds_total)."""
+def _until_idle(children: list[Child], interval_s: float = 0.5, quiet_samples: int = 3) -> float:
+    """Wait until the processes together use less than IDLE_CORES for ``quiet_samples`` intervals
+    in a row; return the perf_counter time of the end of the last busy interval."""
+    last = {c.name: _cpu_seconds(c.proc.pid) for c in children}
+    busy_until, quiet = time.perf_counter(), 0
+    while quiet < quiet_samples:
+        time.sleep(interval_s)
+        now = {c.name: _cpu_seconds(c.proc.pid) for c in children}
+        cores = sum(now[n] - last[n] for n in now) / interval_s
+        last = now
+        if cores < IDLE_CORES:
+            quiet += 1
+        else:
+            quiet, busy_until = 0, time.perf_counter()
+    return busy_until
+
+
+def _sum_by(workers: list[Child], metric: str, label: str) -> dict[str, float]:
+    """A metric's samples summed over the workers, by one label's value."""
     out: dict[str, float] = {}
     for c in workers:
         assert c.port is not None
         for line in metrics_lines(c.port):
-            if line.startswith("touchline_stage_cpu_seconds_total{"):
-                stage = line.split('stage="', 1)[1].split('"', 1)[0]
-                out[stage] = out.get(stage, 0.0) + float(line.split()[-1])
+            if line.startswith(metric + "{"):
+                value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+                out[value] = out.get(value, 0.0) + float(line.split()[-1])
     return out
+
+
+def _stage_cpu(workers: list[Child]) -> dict[str, float]:
+    """CPU seconds per stage, summed over the workers."""
+    return _sum_by(workers, "touchline_stage_cpu_seconds_total", "stage")
 
 
 def _state(workers: list[Child]) -> dict[str, Any]:
     """Bytes of state per person and per identifier, from the workers' state samples
     (touchline_state_bytes, touchline_persons), once a sample taken after the run is in."""
     time.sleep(STATE_INTERVAL_S + 2)
-    tables: dict[str, float] = {}
-    persons: dict[str, float] = {}
-    for c in workers:
-        assert c.port is not None
-        for line in metrics_lines(c.port):
-            if line.startswith("touchline_state_bytes{"):
-                table = line.split('table="', 1)[1].split('"', 1)[0]
-                tables[table] = tables.get(table, 0.0) + float(line.split()[-1])
-            elif line.startswith("touchline_persons{"):
-                stage = line.split('stage="', 1)[1].split('"', 1)[0]
-                persons[stage] = persons.get(stage, 0.0) + float(line.split()[-1])
+    tables = _sum_by(workers, "touchline_state_bytes", "table")
+    persons = _sum_by(workers, "touchline_persons", "stage")
     per_person = sum(tables.get(t, 0.0) for t in PERSON_TABLES)
     return {
         "table_bytes": tables, "entries": persons,
