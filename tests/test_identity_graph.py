@@ -3,6 +3,7 @@ and property tests that the clustering depends on the set of events only."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -182,6 +183,19 @@ def test_every_person_change_is_reported_as_a_merge_or_split(events: list[dict[s
             else:
                 assert len(c.into) >= 1 and c.reason
         assert update.person_id == g.person_of(identifiers_of(e, g.rules))
+
+
+@PROPERTY
+@given(event_sets(), st.data())
+def test_the_state_survives_its_json_changelog_mid_stream(events: list[dict[str, Any]], data: st.DataObject) -> None:
+    cut = data.draw(st.integers(0, len(events)))
+    g = Graph()
+    for e in events[:cut]:
+        g.add(e)
+    restored = Graph.from_json(json.loads(json.dumps(g.to_json())))
+    for e in events[cut:]:
+        restored.add(e)
+    assert restored.person == cluster(events)[0]
 
 
 def test_an_event_without_usable_identifiers_is_refused() -> None:

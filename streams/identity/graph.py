@@ -137,6 +137,17 @@ class Graph:
         self.person: dict[str, str] = {}  # identifier -> person id
         self.refused: dict[str, str] = {}  # edge key -> why it links nothing (conflicts reported once)
 
+    def to_json(self) -> dict[str, Any]:
+        """The whole state as JSON-ready dicts and lists (what a table's changelog can hold)."""
+        return {"nodes": self.nodes, "edges": self.edges, "person": self.person, "refused": self.refused}
+
+    @classmethod
+    def from_json(cls, state: Mapping[str, Any], rules: Rules | None = None) -> Graph:
+        g = cls(rules)
+        g.nodes, g.edges = dict(state["nodes"]), dict(state["edges"])
+        g.person, g.refused = dict(state["person"]), dict(state["refused"])
+        return g
+
     # ----------------------------------------------------------------- evidence
 
     def shared(self, identifier: str) -> bool:
