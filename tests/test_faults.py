@@ -1,5 +1,5 @@
-"""The fault harness (`make faults`, streams/faults.py): its comparison, and its quick scenarios on the
-real embedded stack (two workers, four partitions, the sink and chDB)."""
+"""The fault harness (`make faults`, streams/faults.py): its comparison, and each scenario on the
+real embedded stack (two workers, four partitions, the sink and chDB), one test per scenario."""
 
 from __future__ import annotations
 
@@ -75,16 +75,22 @@ def test_flood_traffic_has_the_base_traffics_good_events() -> None:
     assert flood.truth.malformed >= 0.9 * flood.truth.events_valid_distinct
 
 
+@pytest.fixture(scope="module")
+def harness(broker, tmp_path_factory: pytest.TempPathFactory) -> faults.Harness:
+    """One harness for the module: each traffic variant's fault-free baseline runs once, with the
+    first scenario that needs it."""
+    return faults.Harness(broker.bootstrap, tmp_path_factory.mktemp("faults"), events=1200, seed=11)
+
+
 @pytest.mark.e2e
-def test_every_scenario_ends_in_the_fault_free_state(broker, tmp_path: Path) -> None:
-    harness = faults.Harness(broker.bootstrap, tmp_path, events=1200, seed=11)
-    results = [harness.run(faults.SCENARIOS[name]) for name in faults.QUICK]
-    baseline = harness.baselines["base"]
+@pytest.mark.parametrize("name", faults.QUICK)
+def test_the_scenario_ends_in_the_fault_free_state(harness: faults.Harness, name: str) -> None:
+    result = harness.run(faults.SCENARIOS[name])
+    baseline = harness.baseline_for(faults.SCENARIOS[name])
     assert baseline.ok, baseline.differences
     assert baseline.state is not None and len(baseline.state.sections["triggers"]) > 0
-    for r in results:
-        assert r.ok, (r.scenario, r.differences)
-    flood = next(r for r in results if r.scenario == "malformed-flood")
-    assert flood.state is not None
-    dead = sum(n for _, n in flood.state.sections["kpi_dead_letters"])
-    assert dead == harness.traffic["flood"].truth.malformed > 1000  # every bad record, once
+    assert result.ok, (result.scenario, result.differences)
+    if name == "malformed-flood":
+        assert result.state is not None
+        dead = sum(n for _, n in result.state.sections["kpi_dead_letters"])
+        assert dead == harness.traffic["flood"].truth.malformed > 1000  # every bad record, once
