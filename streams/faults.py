@@ -111,8 +111,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("hot-key", "one kiosk cookie sends 30% of events; a worker SIGKILLed twice", traffic="hot",
              steps=lambda rng: _at(rng, 2, "kill-worker")),
 )}
-# The ones `make test` runs too (tests/test_faults.py), on less traffic. Not hot-key: in 2 of about
-# 8 runs at 1,200 events it did not settle within RUN_TIMEOUT_S (cause not found yet).
+# The ones `make test` runs too (tests/test_faults.py), on less traffic. Not hot-key: at 1,200 events
+# one of its runs did not settle within RUN_TIMEOUT_S (cause not found yet).
 QUICK = ("malformed-flood", "sink-outage", "rebalance", "worker-sigkill")
 
 
