@@ -134,7 +134,7 @@ def pipeline(base: Settings, broker: EmbeddedBroker, traffic: Any, workers: int,
         wall = _until_idle(sup.children) - wall0
         cpu = {c.name: _cpu_seconds(c.proc.pid) - cpu0[c.name] for c in sup.children}
         workers_list = [c for c in sup.children if c.name != "sink"]
-        stages = _stage_cpu(workers_list)
+        stages = _sum_by(workers_list, "touchline_stage_cpu_seconds_total", "stage")  # CPU s per stage
         stages["sink"] = cpu["sink"]
         stages["faust and the rest"] = sum(cpu[c.name] for c in workers_list) - sum(
             v for k, v in stages.items() if k != "sink")
@@ -172,11 +172,6 @@ def _sum_by(workers: list[Child], metric: str, label: str) -> dict[str, float]:
                 value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
                 out[value] = out.get(value, 0.0) + float(line.split()[-1])
     return out
-
-
-def _stage_cpu(workers: list[Child]) -> dict[str, float]:
-    """CPU seconds per stage, summed over the workers."""
-    return _sum_by(workers, "touchline_stage_cpu_seconds_total", "stage")
 
 
 def _state(workers: list[Child]) -> dict[str, Any]:

@@ -67,7 +67,7 @@ CLICKHOUSE_SECTIONS: dict[str, str] = {
                     "sum(converted), uniqExactMerge(persons) FROM kpi_sessions_hourly GROUP BY ALL ORDER BY ALL",
     "kpi_persons": "SELECT person_id, min(first_seen), argMinMerge(first_touch), min(first_order), sum(orders), "
                    "round(sum(revenue), 2) FROM kpi_persons GROUP BY person_id ORDER BY person_id",
-    # dead letters carry the wall-clock time they failed at: compared by reason only
+    # dead letters carry the time their raw record was produced, another time in every run: by reason only
     "kpi_dead_letters": "SELECT reason, sum(dead_letters) FROM kpi_dead_letters_hourly GROUP BY reason ORDER BY reason",
     "stored": "SELECT * FROM ("
               "SELECT 'touchpoints_enriched', count(), uniqExact(event_id) FROM touchpoints_enriched UNION ALL "
@@ -254,7 +254,8 @@ class Run:
             self._wait(reader, lambda t: (len(t.event_ids) >= truth.events_valid_distinct
                                           and len(t.dead_letters) >= truth.malformed
                                           and len(t.triggers) >= truth.abandoned_carts))
-            self._wait(reader, lambda t: self._stages_reached(tick / 1000))
+            self._wait(reader, lambda t: not self._stages_behind(tick / 1000),
+                       lambda: f"stream time behind the last tick: {', '.join(self._stages_behind(tick / 1000))}")
             state = self._settled(reader)
             for c in self._workers():
                 self.peak_rss_mb = max(self.peak_rss_mb, _peak_rss_mb(c))
@@ -263,20 +264,24 @@ class Run:
             reader.close()
             self.sup.stop()
 
-    def _stages_reached(self, tick_s: float) -> bool:
+    def _stages_behind(self, tick_s: float) -> list[str]:
+        """``stage/partition`` of the triggers and sessions partitions whose stream time, as the
+        live workers report it, has not reached ``tick_s``."""
         reached: dict[tuple[str, str], float] = {}
         for c in self._workers():
             for key, t in _stream_times_s(c).items():
                 reached[key] = max(t, reached.get(key, 0.0))
-        return all(reached.get((stage, str(p)), 0.0) >= tick_s
-                   for stage in ("triggers", "sessions") for p in range(self.settings.partitions))
+        return [f"{stage}/{p}" for stage in ("triggers", "sessions") for p in range(self.settings.partitions)
+                if reached.get((stage, str(p)), 0.0) < tick_s]
 
-    def _wait(self, reader: TopicReader, done: Callable[[Any], bool]) -> None:
+    def _wait(self, reader: TopicReader, done: Callable[[Any], bool],
+              waiting_for: Callable[[], str] | None = None) -> None:
         while not done(reader.tally):
             if time.monotonic() > self.deadline:
                 t = reader.tally
                 raise TimeoutError(f"no end state after {RUN_TIMEOUT_S:.0f}s: {len(t.event_ids):,} events, "
-                                   f"{len(t.dead_letters):,} dead letters, {len(t.triggers):,} triggers")
+                                   f"{len(t.dead_letters):,} dead letters, {len(t.triggers):,} triggers"
+                                   + (f"; {waiting_for()}" if waiting_for else ""))
             dead = self.sup.check_alive()
             if dead:
                 raise RuntimeError(f"process(es) died on their own: {dead} (logs in {self.sup.log_dir})")

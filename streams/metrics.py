@@ -16,10 +16,12 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter as _Tally
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
+
+T = TypeVar("T")
 
 LAG_INTERVAL_S = 5.0  # touchline_consumer_lag_records is sampled this often (workers' agents and ingest loops)
 
@@ -54,7 +56,7 @@ STAGE_CPU_SECONDS = Counter(
 class StageTimer:
     """Times one stage's batches: wall seconds per batch (touchline_stage_batch_seconds) and the
     CPU seconds of its thread while it runs the stage's own code (touchline_stage_cpu_seconds_total).
-    One per agent or thread; ``pause``/``resume`` around an await that lets other stages run."""
+    One per agent or thread; an await that lets other stages run goes through ``outside``."""
 
     def __init__(self, stage: str) -> None:
         self.batch = STAGE_BATCH_SECONDS.labels(stage)  # both series exist (at 0) from the start
@@ -64,14 +66,19 @@ class StageTimer:
     def start(self) -> None:
         self._wall, self._cpu = time.perf_counter(), time.thread_time()
 
-    def pause(self) -> None:
+    def _count_cpu(self) -> None:
         self.cpu.inc(time.thread_time() - self._cpu)
 
-    def resume(self) -> None:
-        self._cpu = time.thread_time()
+    async def outside(self, awaitable: Awaitable[T]) -> T:
+        """Await without counting the CPU other coroutines use meanwhile."""
+        self._count_cpu()
+        try:
+            return await awaitable
+        finally:
+            self._cpu = time.thread_time()
 
     def stop(self) -> None:
-        self.pause()
+        self._count_cpu()
         self.batch.observe(time.perf_counter() - self._wall)
 
 

@@ -34,3 +34,18 @@ def claim(state: dict[str, Any], batch: Mapping[str, Any]) -> bool:
         return False
     applied[str(source)] = offset
     return True
+
+
+class Claims:
+    """One batch's claims, person by person: the first ``new(person, state)`` claims the batch
+    for that person, the rest of the batch's ops for them get the same answer."""
+
+    def __init__(self, batch: Mapping[str, Any]) -> None:
+        self.batch = batch
+        self._new: dict[str, bool] = {}
+
+    def new(self, person: str, state: dict[str, Any]) -> bool:
+        fresh = self._new.get(person)
+        if fresh is None:
+            fresh = self._new[person] = claim(state, self.batch)
+        return fresh

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.identity.graph import Graph, Rules, cluster, identifiers_of, person_id_for
+from streams.identity.graph import Graph, Rules, cluster, identifiers_of
+from streams.identity.links import person_id_for
 
 T0 = 1_793_462_400_000
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -40,7 +40,7 @@ def test_a_batch_at_or_below_the_last_offset_of_its_source_is_a_redelivery() -> 
 
 def test_moves_and_unstamped_batches_are_always_applied() -> None:
     s: dict[str, Any] = {}
-    move = {**batch(-1, -1), "source_partition": -1}
+    move = batch(-1, -1)
     assert redelivery.claim(s, move) and redelivery.claim(s, move)
     legacy = batch(0, 0)
     del legacy["source_offset"]  # written before PersonBatch v3

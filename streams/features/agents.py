@@ -28,14 +28,12 @@ def register(p: Pipeline) -> None:
             touched, moves = _apply(batch, table, n)
             # Moves first: a person merged away leaves the table only once the broker holds
             # its counters for the survivor, so a crash in between cannot lose them.
-            timer.pause()
-            await deliver([
+            await timer.outside(deliver([
                 (ops_topic, None, avro.encode(avro.PERSON_BATCH, {
                     "batch_id": f"{batch['batch_id']}/move", "source_partition": -1,
                     "watermark_ms": 0, "source_offset": -1, "ops": ops}), dest)
                 for dest, ops in moves.items()
-            ])
-            timer.resume()
+            ]))
             for person, state in touched.items():
                 if state is None:
                     if person in table:
@@ -58,7 +56,7 @@ def _apply(
     """Apply one batch of person ops; return touched states (None: merged away) and moves."""
     touched: dict[str, dict[str, Any] | None] = {}
     moves: dict[int, list[dict[str, Any]]] = {}
-    fresh: dict[str, bool] = {}  # person -> this batch is new to their state (a redelivery is skipped)
+    claims = redelivery.Claims(batch)  # a redelivered batch is skipped person by person
 
     def state_of(person: str) -> dict[str, Any]:
         current = touched.get(person)
@@ -71,9 +69,7 @@ def _apply(
         person = op["person_id"]
         if op["kind"] == "event":
             state = state_of(person)
-            if person not in fresh:
-                fresh[person] = redelivery.claim(state, batch)
-            if fresh[person]:
+            if claims.new(person, state):
                 counters.apply_event(state, op["event"])
             # A redelivered batch still touches the person: the snapshot is sent again, in case
             # the crash came between the state's changelog record and the snapshot.

@@ -49,9 +49,11 @@ def register(p: Pipeline) -> None:
             )
             for key in admitted.expired:
                 seen.pop(key, None)
-            kept = [item for item, keep in zip(items, admitted.keep, strict=True) if keep]
+            kept = []
             for item, keep in zip(items, admitted.keep, strict=True):
-                if not keep:
+                if keep:
+                    kept.append(item)
+                else:
                     tp = item["touchpoint"]
                     metrics.INGEST_OUTCOMES.labels(tp["channel"], tp["type"], "duplicate", "").inc()
             touchpoints = [i["touchpoint"] if reference is None else enrich(i["touchpoint"], reference)

@@ -44,11 +44,11 @@ State is plain dicts and lists, so it can live in a table's JSON changelog.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.identity.links import person_id_for
 from streams.touchpoint.taxonomy import is_junk
 
 DEFAULT_PRIORITY = (
@@ -88,10 +88,6 @@ def identifiers_of(event: Mapping[str, Any], rules: Rules) -> list[str]:
         if ident not in rules.blocklist:
             out.append(ident)
     return sorted(set(out), key=lambda i: (rules.rank(i), i))
-
-
-def person_id_for(identifier: str) -> str:
-    return "p-" + hashlib.blake2b(identifier.encode(), digest_size=10).hexdigest()
 
 
 def _kind(identifier: str) -> str:
@@ -290,7 +286,6 @@ class Graph:
         became: dict[str, set[str]] = {}
         for ident, before in old.items():
             became.setdefault(before, set()).add(new[ident])
-        # an old person may also hold identifiers outside the re-clustered region: unchanged ones
         changes = []
         for before, after in sorted(became.items()):
             if after == {before}:

@@ -41,15 +41,13 @@ def register(p: Pipeline) -> None:
             metrics.STREAM_TIME.labels("sessions", str(part)).set(stream_time)
 
             touched: dict[str, dict[str, Any]] = {}
-            fresh: dict[str, bool] = {}  # person -> the batch is new to their state
+            claims = redelivery.Claims(batch)
             closed: list[dict[str, Any]] = []
             for op in batch["ops"]:
                 person = op["person_id"]
                 if op["kind"] == "event":
                     state = touched.get(person) or table.get(person) or core.empty(person, part)
-                    if person not in fresh:
-                        fresh[person] = redelivery.claim(state, batch)
-                    if fresh[person]:
+                    if claims.new(person, state):
                         core.on_event(state, op["event"], timeout_ms)
                         touched[person] = state
                 elif op["kind"] == "merge":  # person is merged away: close its sessions now
@@ -69,10 +67,8 @@ def register(p: Pipeline) -> None:
                 touched[person] = current
                 index.update(part, person, current)
             # Closed sessions reach the broker before the states that no longer hold them.
-            timer.pause()
-            await deliver([(sessions_topic, rec["person_id"].encode(), avro.encode(avro.SESSION, rec), None)
-                           for rec in closed])
-            timer.resume()
+            await timer.outside(deliver([
+                (sessions_topic, rec["person_id"].encode(), avro.encode(avro.SESSION, rec), None) for rec in closed]))
             for person, state in touched.items():
                 table[person] = state
             timer.stop()

@@ -33,18 +33,16 @@ def register(p: Pipeline) -> None:
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
             touched: dict[str, dict[str, Any]] = {}
-            fresh: dict[str, bool] = {}  # person -> the batch is new to their state
+            claims = redelivery.Claims(batch)
             fired: list[tuple[Any, bytes, bytes, None]] = []
             for op in batch["ops"]:
                 if op["kind"] != "event":
                     continue
                 person = op["person_id"]
                 state = touched.get(person) or pending.get(person) or cart_abandon.empty(person, part)
-                if person not in fresh:
-                    fresh[person] = redelivery.claim(state, batch)
                 # The claim is kept only with a state worth keeping: carts are replay-safe by
                 # themselves (fired carts are remembered), persons without any need no entry.
-                if fresh[person] and cart_abandon.on_event(state, op["event"], delay_ms):
+                if claims.new(person, state) and cart_abandon.on_event(state, op["event"], delay_ms):
                     touched[person] = state
 
             stream_time = streamtime.advance_person_batch(clocks, part, batch, n)
@@ -68,9 +66,7 @@ def register(p: Pipeline) -> None:
                 touched[person] = state
                 index.update(part, person, state)
             # Fired triggers reach the broker before the states that forget their carts.
-            timer.pause()
-            await deliver(fired)
-            timer.resume()
+            await timer.outside(deliver(fired))
             for person, state in touched.items():
                 pending[person] = state
             metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
