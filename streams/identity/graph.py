@@ -1,12 +1,22 @@
 """Pure core of the identity graph: evidence in, clusters out, the same in any order.
 
 Evidence. Identifiers seen together on one event are linked: every pair of an
-event's identifiers is an edge that remembers how many distinct events showed
-the pair, the earliest of them (event time, event id) and a few of their ids.
-Each identifier remembers the earliest event that carried it and the anchors
-(identifiers of the types in ``Rules.anchors``, member ids by default) it was
-seen with. Junk values (streams/touchpoint/taxonomy.py) and ``Rules.blocklist``
-never become identifiers.
+event's identifiers is an edge that remembers the earliest event that showed
+the pair (event time, event id) and the ids of the distinct events that did,
+up to ``Rules.edge_cap`` of them (the smallest ids): an edge's strength is how
+many it holds, so it saturates at the cap. Each identifier remembers the
+earliest event that carried it and the anchors (identifiers of the types in
+``Rules.anchors``, member ids by default) it was seen with, up to one more than
+``Rules.shared_threshold`` (the smallest). Junk values
+(streams/touchpoint/taxonomy.py) and ``Rules.blocklist`` never become
+identifiers.
+
+Every piece of evidence is a minimum or a capped set union, so evidence is a
+join-semilattice: adding an event twice changes nothing, and two graphs'
+evidence can be joined (``Graph.join``) in any order and grouping with the
+same result. That is what lets the graph be split across partitions and put
+back together (streams/identity/shards.py), and lets a replay after a crash
+apply an event again harmlessly.
 
 Clustering, a function of the evidence alone:
 
@@ -44,6 +54,7 @@ State is plain dicts and lists, so it can live in a table's JSON changelog.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +79,8 @@ class Rules:
     anchors: tuple[str, ...] = ("member_id",)  # types whose distinct values are distinct people
     shared_threshold: int = 2  # seen with more distinct anchors than this: shared
     blocklist: frozenset[str] = frozenset()  # "type:value" that never link, besides junk values
-    evidence_ids: int = 3  # event ids kept per edge
+    edge_cap: int = 8  # distinct events counted per edge (an edge's strength saturates here)
+    evidence_ids: int = 3  # event ids reported with a change or conflict
 
     def rank(self, identifier: str) -> int:
         kind = identifier.split(":", 1)[0]
@@ -96,6 +108,11 @@ def _kind(identifier: str) -> str:
 
 def _edge_key(a: str, b: str) -> str:
     return f"{a}\t{b}" if a < b else f"{b}\t{a}"
+
+
+def _capped(a: Iterable[str], b: Iterable[str], cap: int) -> list[str]:
+    """The ``cap`` smallest of the union: a join that is idempotent, commutative, associative."""
+    return sorted(set(a) | set(b))[:cap]
 
 
 @dataclass(frozen=True)
@@ -129,53 +146,60 @@ class Graph:
         self.rules = rules or Rules()
         # identifier -> {"first": [t, event id], "anchors": [...], "nbrs": [...]}
         self.nodes: dict[str, dict[str, Any]] = {}
-        self.edges: dict[str, dict[str, Any]] = {}  # "a\tb" -> {"n", "first": [t, id], "ev": [...]}
+        self.edges: dict[str, dict[str, Any]] = {}  # "a\tb" -> {"first": [t, id], "ev": [event ids]}
+        self.flags: set[str] = set()  # identifiers known to be shared from evidence held elsewhere
         self.person: dict[str, str] = {}  # identifier -> person id
         self.refused: dict[str, str] = {}  # edge key -> why it links nothing (conflicts reported once)
 
     def to_json(self) -> dict[str, Any]:
         """The whole state as JSON-ready dicts and lists (what a table's changelog can hold)."""
-        return {"nodes": self.nodes, "edges": self.edges, "person": self.person, "refused": self.refused}
+        return {"nodes": self.nodes, "edges": self.edges, "flags": sorted(self.flags),
+                "person": self.person, "refused": self.refused}
 
     @classmethod
     def from_json(cls, state: Mapping[str, Any], rules: Rules | None = None) -> Graph:
         g = cls(rules)
-        g.nodes, g.edges = dict(state["nodes"]), dict(state["edges"])
-        g.person, g.refused = dict(state["person"]), dict(state["refused"])
+        state = copy.deepcopy(state)  # the graph changes its own copy, never the state it came from
+        g.nodes, g.edges = state["nodes"], state["edges"]
+        g.flags = set(state.get("flags", ()))
+        g.person, g.refused = state["person"], state["refused"]
         return g
 
     # ----------------------------------------------------------------- evidence
 
     def shared(self, identifier: str) -> bool:
+        if identifier in self.flags:
+            return True
         node = self.nodes.get(identifier)
         return node is not None and len(node["anchors"]) > self.rules.shared_threshold
 
+    def _node(self, ident: str, first: list[Any], anchors: Iterable[str]) -> None:
+        node = self.nodes.get(ident)
+        if node is None:
+            node = self.nodes[ident] = {"first": first, "anchors": [], "nbrs": []}
+        elif first < node["first"]:
+            node["first"] = first
+        # one more than the threshold is enough to know the identifier is shared
+        node["anchors"] = _capped(node["anchors"], anchors, self.rules.shared_threshold + 1)
+
+    def _edge(self, key: str, first: list[Any], ev: Iterable[str]) -> None:
+        edge = self.edges.get(key)
+        if edge is None:
+            a, b = key.split("\t")
+            self.nodes[a]["nbrs"].append(b)
+            self.nodes[b]["nbrs"].append(a)
+            self.edges[key] = {"first": first, "ev": _capped((), ev, self.rules.edge_cap)}
+        else:
+            edge["first"] = min(edge["first"], first)
+            edge["ev"] = _capped(edge["ev"], ev, self.rules.edge_cap)
+
     def _observe(self, ids: list[str], first: list[Any]) -> None:
-        rules = self.rules
-        anchors = [i for i in ids if _kind(i) in rules.anchors]
+        anchors = [i for i in ids if _kind(i) in self.rules.anchors]
         for ident in ids:
-            node = self.nodes.get(ident)
-            if node is None:
-                node = self.nodes[ident] = {"first": first, "anchors": [], "nbrs": []}
-            elif first < node["first"]:
-                node["first"] = first
-            if len(node["anchors"]) <= rules.shared_threshold:  # beyond it, one more changes nothing
-                node["anchors"] = sorted(set(node["anchors"]) | {a for a in anchors if a != ident})
+            self._node(ident, first, (a for a in anchors if a != ident))
         for x in range(len(ids)):
             for y in range(x + 1, len(ids)):
-                a, b = sorted((ids[x], ids[y]))
-                key = _edge_key(a, b)
-                edge = self.edges.get(key)
-                if edge is None:
-                    self.edges[key] = {"n": 1, "first": first, "ev": [first[1]]}
-                    self.nodes[a]["nbrs"].append(b)
-                    self.nodes[b]["nbrs"].append(a)
-                    continue
-                if first[1] in edge["ev"]:
-                    continue  # the same event again
-                edge["n"] += 1
-                edge["first"] = min(edge["first"], first)
-                edge["ev"] = sorted([*edge["ev"], first[1]])[: self.rules.evidence_ids]
+                self._edge(_edge_key(ids[x], ids[y]), first, (first[1],))
 
     # ----------------------------------------------------------------- clustering
 
@@ -210,7 +234,8 @@ class Graph:
         def strength(key: str) -> tuple[Any, ...]:
             a, b = key.split("\t")
             e = self.edges[key]
-            return (-e["n"], min(rules.rank(a), rules.rank(b)), max(rules.rank(a), rules.rank(b)), e["first"], key)
+            return (-len(e["ev"]), min(rules.rank(a), rules.rank(b)), max(rules.rank(a), rules.rank(b)),
+                    e["first"], key)
 
         refused = []
         for key in sorted(keys, key=strength):
@@ -238,41 +263,71 @@ class Graph:
         ids = identifiers_of(event, self.rules)
         if not ids:
             raise ValueError(f"event {event.get('event_id')} has no usable identifier")
-        first = [int(event["event_time_ms"]), str(event["event_id"])]
+        return self.observe(ids, [int(event["event_time_ms"]), str(event["event_id"])])
+
+    def observe(self, ids: list[str], first: list[Any]) -> Update:
+        """Add the evidence of an event with identifiers ``ids`` (strongest first) and
+        ``first`` = [event time, event id]."""
         was_shared = {i for i in ids if self.shared(i)}
         self._observe(ids, first)
         newly_shared = [i for i in ids if self.shared(i) and i not in was_shared]
+        changes, conflicts = self._recluster([*ids, *newly_shared], newly_shared)
+        return Update(self.person_of(ids), changes, conflicts)
 
-        starts = [i for i in ids if not self.shared(i)]
+    def join(self, other: Mapping[str, Any], previous: Mapping[str, str] | None = None) -> Update:
+        """Join another graph's evidence (its ``to_json``) into this one and cluster again.
+
+        ``previous``: identifier -> person as it stood where those identifiers were
+        clustered before (by default this graph's own view); changes are reported
+        against it."""
+        was_shared = {i for i in self.nodes if self.shared(i)}
+        for ident, node in other["nodes"].items():
+            self._node(ident, node["first"], node["anchors"])
+        for key, edge in other["edges"].items():
+            self._edge(key, edge["first"], edge["ev"])
+        self.flags |= set(other.get("flags", ()))
+        for key, reason in other["refused"].items():
+            self.refused.setdefault(key, reason)  # a conflict reported there is not reported again
+        newly_shared = sorted(i for i in self.nodes if self.shared(i) and i not in was_shared)
+        changes, conflicts = self._recluster(sorted(other["nodes"]), newly_shared, previous)
+        return Update("", changes, conflicts)
+
+    def flag_shared(self, idents: Iterable[str]) -> Update:
+        """Mark identifiers as shared on evidence held elsewhere (they stop linking here)."""
+        newly_shared = sorted(i for i in set(idents) if i in self.nodes and not self.shared(i))
+        self.flags |= set(idents)
+        changes, conflicts = self._recluster(newly_shared, newly_shared)
+        return Update("", changes, conflicts)
+
+    def _recluster(self, touched: list[str], newly_shared: list[str],
+                   previous: Mapping[str, str] | None = None) -> tuple[list[Change], list[Conflict]]:
+        """Cluster again the components of ``touched`` (and the pieces a newly shared
+        identifier leaves); return the persons that changed and the new conflicts."""
+        starts = [i for i in touched if not self.shared(i)]
         for ident in newly_shared:
             starts += [nb for nb in self.nodes[ident]["nbrs"] if not self.shared(nb)]
-        old = {}
         new: dict[str, str] = {}
         refused: list[tuple[str, str, str]] = []
         seen: set[str] = set()
         for start in starts:
             if start in seen:
                 continue
-            component = self._component(start, seen)
-            persons, why = self._cluster(component)
+            persons, why = self._cluster(self._component(start, seen))
             new.update(persons)
             refused += why
-        for ident in [*ids, *newly_shared]:
+        for ident in [*touched, *newly_shared]:
             if self.shared(ident):
                 new[ident] = person_id_for(ident)
-        for ident in new:
-            if ident in self.person:
-                old[ident] = self.person[ident]
+        before = self.person if previous is None else {**self.person, **previous}
+        old = {ident: before[ident] for ident in new if ident in before}
         self.person.update(new)
-
-        update = Update(self.person_of(ids))
-        update.changes = self._changes(old, new, newly_shared)
+        conflicts = []
         for a, b, reason in refused:
             key = _edge_key(a, b)
             if self.refused.get(key) != reason:
                 self.refused[key] = reason
-                update.conflicts.append(Conflict(a, b, reason, tuple(self.edges[key]["ev"])))
-        return update
+                conflicts.append(Conflict(a, b, reason, tuple(self.edges[key]["ev"][: self.rules.evidence_ids])))
+        return self._changes(old, new, newly_shared), conflicts
 
     def person_of(self, ids: list[str]) -> str:
         """The person of an event with these identifiers (strongest first)."""
@@ -308,8 +363,15 @@ class Graph:
         for ident in members:
             for nb in self.nodes[ident]["nbrs"]:
                 if nb in members:
-                    ev.update(self.edges[_edge_key(ident, nb)]["ev"])
+                    ev.update(self.edges[_edge_key(ident, nb)]["ev"][: self.rules.evidence_ids])
         return tuple(sorted(ev)[: self.rules.evidence_ids])
+
+    def member_of(self, person: str) -> str | None:
+        """The member id (value) among the person's identifiers, if any."""
+        for ident, p in self.person.items():
+            if p == person and _kind(ident) == "member_id":
+                return ident.split(":", 1)[1]
+        return None
 
     def clusters(self) -> dict[str, set[str]]:
         """Person -> identifiers."""

@@ -1,0 +1,198 @@
+"""Pure core of the sharded identity graph: the graph split across partitions by identifier.
+
+No identity partition holds the whole world. Every identifier has a *home*
+(the partition of its key) and a record there, in one of two forms:
+
+- a **root**, ``{"g": <Graph JSON>, "own": [identifiers]}``: the evidence of
+  one growing group of identifiers (a connected part of the evidence graph)
+  and its clustering into persons (streams/identity/graph.py);
+- a **pointer**, ``{"p": <key>}``: this identifier's group is kept at that key
+  (follow pointers to reach the root).
+
+Partitions talk only by messages addressed to an identifier (``"to"``), each
+handled at that identifier's home by ``step``, which reads and writes that one
+record and nothing else. The transport (a Kafka topic keyed by ``"to"``, or the
+simulation in the tests) delivers each partition's messages in order.
+
+How an event travels. It is sent to the home of its strongest identifier X and
+follows pointers to X's root R. R adds the event's evidence to its graph and
+resolves the event's person from it (as of now). For every other identifier Y
+of the event that R does not own, R asks Y's root to join it (``union``).
+Roots join by the stronger key (``Rules.rank``, then value): the weaker root
+sends its whole graph to the stronger (``absorb``) and becomes a pointer to it;
+if the weaker is the asking side, it is told to ``yield``. Pointers only ever
+point to stronger keys, so they never form a cycle, and joins are monotone: a
+group never comes apart, its clustering into persons does (splits).
+
+Shared identifiers (a store kiosk) would glue many people into one group. Once
+a root knows an identifier is shared it stops joining through it: a ``union``
+asked through a shared identifier is answered with ``shared`` and the asker
+flags it, and an event skips shared identifiers when choosing where to go.
+Sharing is monotone (anchors only accumulate), and all the evidence of an
+identifier reaches its group before its group can know it is shared, so every
+non-shared identifier's evidence ends up, complete, in one group.
+
+Why the end result is the reference clustering, whatever the partitioning, the
+order and the interleaving: evidence is a join-semilattice (``Graph.join``), so
+where and in what grouping events were added does not matter once groups have
+joined, and the clustering of a group is a function of its evidence.
+
+Crashes and replays. A message may be handled again (its records were written
+but its offset not committed), and a crash may fall between sending a step's
+messages and writing its record. So ``step`` returns its messages and its
+write separately and the caller sends first, writes second; every step is
+idempotent given its record (adding evidence again, absorbing again, owning
+again change nothing), and a replayed step with the record unwritten re-sends
+what it had sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.identity.graph import Change, Conflict, Graph, Rules
+from streams.identity.links import person_id_for
+
+Record = dict[str, Any]
+Msg = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    event_id: str
+    person_id: str  # the event's person as of now (a later join may merge or split it)
+    member_id: str | None
+
+
+@dataclass
+class Step:
+    """What handling one message does: send ``sends`` (first), then write ``write`` to the
+    record of ``key`` (None: leave it as it is)."""
+
+    key: str
+    sends: list[Msg] = field(default_factory=list)
+    write: Record | None = None
+    resolved: list[Resolved] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+def event_message(event_id: str, event_time_ms: int, ids: list[str]) -> Msg:
+    """The message that places an event: to its strongest identifier's home."""
+    return {"k": "event", "to": ids[0], "ids": ids, "i": 0, "first": [int(event_time_ms), str(event_id)]}
+
+
+def stronger(a: str, b: str, rules: Rules) -> bool:
+    return (rules.rank(a), a) < (rules.rank(b), b)
+
+
+def step(record: Record | None, msg: Msg, rules: Rules) -> Step:
+    """Handle ``msg`` at the home of ``msg["to"]`` whose record is ``record``."""
+    key = msg["to"]
+    out = Step(key)
+    kind = msg["k"]
+    if record is not None and "p" in record:  # not a root: pass it on towards the root
+        if kind == "yield":  # this root was absorbed meanwhile: join what it became instead
+            out.sends.append({"k": "union", "to": msg["into"], "y": None, "root": record["p"]})
+        else:
+            out.sends.append({**msg, "to": record["p"]})
+        return out
+    if record is None:
+        if kind == "event":
+            record = {"g": Graph(rules).to_json(), "own": [key]}
+        elif kind == "union":  # first seen in another group's evidence: it joins that group
+            out.sends.append({**msg, "to": msg["root"]})
+            out.write = {"p": msg["root"]}
+            return out
+        else:
+            raise ValueError(f"{kind} message for {key}, which was never a root")
+    handler = _HANDLERS[kind]
+    handler(out, record, msg, rules)
+    return out
+
+
+def _event(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
+    """Place an event at the root of ``ids[i]`` (we followed its pointers here, so it is ours)."""
+    g = Graph.from_json(record["g"], rules)
+    ids, i = msg["ids"], msg["i"]
+    if g.shared(ids[i]):  # it places nothing: try the next identifier at its own home
+        if i + 1 < len(ids):
+            out.sends.append({**msg, "to": ids[i + 1], "i": i + 1})
+        else:  # only shared identifiers: a shared identifier is a person of its own
+            out.resolved.append(Resolved(msg["first"][1], person_id_for(ids[0]), None))
+        return
+    rest = ids[i:]
+    update = g.observe(rest, msg["first"])
+    own = {*record["own"], ids[i]}
+    for y in rest[1:]:
+        if y not in own and not g.shared(y):
+            out.sends.append({"k": "union", "to": y, "y": y, "root": out.key})
+    out.resolved.append(Resolved(msg["first"][1], update.person_id, g.member_of(update.person_id)))
+    out.changes, out.conflicts = update.changes, update.conflicts
+    out.write = {"g": g.to_json(), "own": sorted(own)}
+
+
+def _union(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
+    """Join the group of ``msg["y"]`` (whose root this is) with the group at ``msg["root"]``;
+    ``y`` None: a join between two roots, asked without an identifier to check."""
+    asker, y = msg["root"], msg["y"]
+    if asker == out.key:  # y's pointers lead here: this root owns it
+        if y is not None and y not in record["own"]:
+            out.write = {"g": record["g"], "own": sorted({*record["own"], y})}
+        return
+    g = Graph.from_json(record["g"], rules)
+    if y is not None and g.shared(y):  # no joining through a shared identifier
+        out.sends.append({"k": "shared", "to": asker, "ids": [y]})
+        return
+    if stronger(out.key, asker, rules):
+        out.sends.append({"k": "yield", "to": asker, "into": out.key})
+    else:
+        out.sends.append({"k": "absorb", "to": asker, "g": record["g"], "own": record["own"]})
+        out.write = {"p": asker}
+
+
+def _yield(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
+    out.sends.append({"k": "absorb", "to": msg["into"], "g": record["g"], "own": record["own"]})
+    out.write = {"p": msg["into"]}
+
+
+def _absorb(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
+    g = Graph.from_json(record["g"], rules)
+    theirs = msg["g"]["person"]
+    previous = {i: theirs[i] for i in msg["own"] if i in theirs}
+    update = g.join(msg["g"], previous)
+    out.changes, out.conflicts = update.changes, update.conflicts
+    out.write = {"g": g.to_json(), "own": sorted({*record["own"], *msg["own"]})}
+
+
+def _shared(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
+    g = Graph.from_json(record["g"], rules)
+    if set(msg["ids"]) <= g.flags:
+        return
+    update = g.flag_shared(msg["ids"])
+    out.changes, out.conflicts = update.changes, update.conflicts
+    out.write = {"g": g.to_json(), "own": record["own"]}
+
+
+_HANDLERS = {"event": _event, "union": _union, "yield": _yield, "absorb": _absorb, "shared": _shared}
+
+
+def person_of_identifier(records: Mapping[str, Record], ident: str, rules: Rules) -> str | None:
+    """The person of ``ident`` by following its pointers (for lookups and tests: reads several
+    homes, so not for the stream)."""
+    key, hops = ident, 0
+    while True:
+        record = records.get(key)
+        if record is None:
+            return None
+        if "p" not in record:
+            break
+        key, hops = record["p"], hops + 1
+        if hops > 10_000:
+            raise RuntimeError(f"pointer chain from {ident} does not end")
+    g = Graph.from_json(record["g"], rules)
+    if g.shared(ident):
+        return person_id_for(ident)
+    return g.person.get(ident)

@@ -1,0 +1,168 @@
+"""The sharded identity graph's protocol (streams/identity/shards.py), run on a simulated
+transport: partitions with Kafka-like logs, handled in random interleavings, with crashes
+that replay everything since the last commit and lose the write of the step in hand.
+Whatever happens, the end state is the reference clustering of the events."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams.identity import shards
+from streams.identity.graph import Graph, Rules, cluster, identifiers_of
+from streams.identity.links import person_id_for
+from tests.test_identity_graph import T0, ev, event_sets, small_rules
+
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+class Network:
+    """Partitions, each a log of messages read in order by one handler that commits now and
+    then; a crash rewinds the handler to its last commit (every message since is handled
+    again) after sending, but not writing, the step it was in."""
+
+    def __init__(self, partitions: int, rules: Rules, rnd: random.Random, crash: float = 0.0) -> None:
+        self.n, self.rules, self.rnd, self.crash = partitions, rules, rnd, crash
+        self.records: list[dict[str, Any]] = [{} for _ in range(partitions)]
+        self.logs: list[list[dict[str, Any]]] = [[] for _ in range(partitions)]
+        self.position = [0] * partitions
+        self.committed = [0] * partitions
+        self.resolved: dict[str, list[str]] = {}
+        self.changes: list[Any] = []
+        self.steps = 0
+        self.crashes = 0
+
+    def home(self, key: str) -> int:
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % self.n
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.logs[self.home(msg["to"])].append(msg)
+
+    def run(self, limit: int = 200_000) -> None:
+        while True:
+            ready = [p for p in range(self.n) if self.position[p] < len(self.logs[p])]
+            if not ready:
+                return
+            p = self.rnd.choice(ready)
+            msg = self.logs[p][self.position[p]]
+            assert self.home(msg["to"]) == p
+            out = shards.step(self.records[p].get(msg["to"]), msg, self.rules)
+            for m in out.sends:
+                self.send(m)
+            for r in out.resolved:
+                self.resolved.setdefault(r.event_id, []).append(r.person_id)
+            self.changes += out.changes
+            self.steps += 1
+            assert self.steps < limit, "the protocol does not settle"
+            if self.rnd.random() < self.crash:  # crash after sending, before writing
+                self.crashes += 1
+                self.position[p] = self.committed[p]
+                continue
+            if out.write is not None:
+                self.records[p][out.key] = out.write
+            self.position[p] += 1
+            if self.rnd.random() < 0.3:
+                self.committed[p] = self.position[p]
+
+    def person(self, ident: str) -> str | None:
+        everything = {k: v for part in self.records for k, v in part.items()}
+        return shards.person_of_identifier(everything, ident, self.rules)
+
+    def roots(self) -> list[dict[str, Any]]:
+        return [r for part in self.records for r in part.values() if "g" in r]
+
+
+def feed(net: Network, events: list[dict[str, Any]]) -> None:
+    for e in events:
+        ids = identifiers_of(e, net.rules)
+        if ids:
+            net.send(shards.event_message(e["event_id"], e["event_time_ms"], ids))
+
+
+def check_end_state(net: Network, events: list[dict[str, Any]]) -> None:
+    reference, by_event = cluster(events, net.rules)
+    assert {i: net.person(i) for i in reference} == reference
+    # Every event was resolved, and every person an event was given that no longer exists
+    # was reported merged or split away (what follows identity learns of every change).
+    assert set(net.resolved) == set(by_event)
+    final = set(reference.values())
+    reported = {c.from_person for c in net.changes}
+    for event_id, persons in net.resolved.items():
+        for p in persons:
+            assert p in final or p in reported, (event_id, p)
+    # Each identifier's evidence is in one root (its group), never split between two.
+    owners: dict[str, int] = {}
+    for r in net.roots():
+        for ident in r["own"]:
+            owners[ident] = owners.get(ident, 0) + 1
+    assert all(n == 1 for n in owners.values())
+
+
+@PROPERTY
+@given(event_sets(), st.integers(1, 5), st.integers(1, 3), st.integers(1, 4), st.integers(0, 2**32))
+def test_any_partitioning_and_interleaving_ends_in_the_reference_clustering(
+    events: list[dict[str, Any]], partitions: int, threshold: int, cap: int, seed: int,
+) -> None:
+    rnd = random.Random(seed)  # the interleaving (a seed: the simulation draws thousands of times)
+    net = Network(partitions, small_rules(threshold, cap), rnd)
+    order = events[:]
+    rnd.shuffle(order)
+    feed(net, order)
+    net.run()
+    check_end_state(net, events)
+
+
+@PROPERTY
+@given(event_sets(), st.integers(2, 4), st.integers(1, 3), st.integers(0, 2**32))
+def test_crashes_and_replays_change_nothing(
+    events: list[dict[str, Any]], partitions: int, threshold: int, seed: int,
+) -> None:
+    rnd = random.Random(seed)
+    net = Network(partitions, small_rules(threshold, 3), rnd, crash=0.15)
+    order = events[:]
+    rnd.shuffle(order)
+    feed(net, order + rnd.sample(order, len(order) // 4))  # some events sent twice, too
+    net.run()
+    check_end_state(net, events)
+
+
+def test_a_kiosk_stops_gluing_people_together_once_it_is_known_shared() -> None:
+    """Members who each used the kiosk end as their own persons, and a member who uses it after
+    it is known shared never joins the kiosk's group at all."""
+    rules = Rules(shared_threshold=2)
+    net = Network(4, rules, random.Random(3))
+    events = [ev(f"k{i}", i, member_id=f"M{i}", anonymous_id="kiosk") for i in range(3)]
+    feed(net, events)
+    net.run()
+    assert net.person("anonymous_id:kiosk") == person_id_for("anonymous_id:kiosk")
+    late = ev("k9", 9, member_id="M9", anonymous_id="kiosk")
+    feed(net, [late])
+    net.run()
+    check_end_state(net, [*events, late])
+    [m9] = [r for r in net.roots() if "member_id:M9" in r["own"]]
+    assert m9["own"] == ["member_id:M9"]
+    assert net.resolved["k9"] == [person_id_for("member_id:M9")]
+
+
+def test_a_login_on_another_partition_merges_the_cookie_history_into_the_member() -> None:
+    rules = Rules()
+    net = Network(4, rules, random.Random(1))
+    member = "member_id:M1"
+    c = next(c for c in ("c1", "c2", "c3", "c4") if net.home(f"anonymous_id:{c}") != net.home(member))
+    cookie = f"anonymous_id:{c}"  # homed on another partition than the member: the case worth testing
+    feed(net, [ev("e1", 0, anonymous_id=c), ev("e2", 1, anonymous_id=c)])
+    net.run()
+    assert net.person(cookie) == person_id_for(cookie)
+    feed(net, [ev("e3", 2, anonymous_id=c, member_id="M1")])
+    net.run()
+    assert net.person(cookie) == person_id_for(member)
+    assert [(c.kind, c.from_person, c.into) for c in net.changes] == [
+        ("merge", person_id_for(cookie), (person_id_for(member),))]
+    # the member's root holds the cookie's whole history, the cookie's home points at it
+    [root] = net.roots()
+    assert root["own"] == sorted([cookie, member])
+    assert Graph.from_json(root["g"]).nodes[cookie]["first"] == [T0, "e1"]
