@@ -57,6 +57,8 @@ CAMPAIGN = "com.touchline.reference.Campaign"
 SPEND = "com.touchline.reference.Spend"
 IMPORT_LEDGER = "com.touchline.imports.ImportLedgerEntry"
 SESSION = "com.touchline.sessions.Session"
+IDENTITY_WORK = "com.touchline.internal.IdentityWork"
+IDENTITY_ASSIGNMENT = "com.touchline.identity.IdentityAssignment"
 
 
 class WireFormatError(ValueError):

@@ -57,6 +57,15 @@ IDENTITY_CHANGES = TopicSpec(
     "identity.changes", avro.IDENTITY_CHANGE, "into_person",
     "Every merge of persons with its evidence.",
 )
+IDENTITY_WORK = TopicSpec(
+    "internal.identity-graph", avro.IDENTITY_WORK, "none: partition = hash(identifier addressed)",
+    "Messages between the partitions of the sharded identity graph (streams/identity/shards.py).",
+    internal=True,
+)
+IDENTITY_ASSIGNMENTS = TopicSpec(
+    "identity.assignments", avro.IDENTITY_ASSIGNMENT, "identifier",
+    "The person each identifier belongs to by the identity graph (compacted).", compacted=True,
+)
 PERSON_OPS = TopicSpec(
     "internal.person-ops", avro.PERSON_BATCH, "none: partition = hash(person id)",
     "Events and merges batched per person partition, for the features agent.", internal=True,
@@ -107,8 +116,8 @@ REF_SPEND = TopicSpec(
 REFERENCE_TOPICS: tuple[TopicSpec, ...] = (REF_STORES, REF_PRODUCTS, REF_CAMPAIGNS, REF_SPEND)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    RAW, DEAD_LETTERS, INGESTED, ENRICHED, IDENTITY_CHANGES, PERSON_OPS, FEATURED, SESSIONS,
-    MEMBER_FEATURES, TRIGGERS, IMPORTS_LEDGER, *REFERENCE_TOPICS,
+    RAW, DEAD_LETTERS, INGESTED, ENRICHED, IDENTITY_CHANGES, IDENTITY_WORK, IDENTITY_ASSIGNMENTS,
+    PERSON_OPS, FEATURED, SESSIONS, MEMBER_FEATURES, TRIGGERS, IMPORTS_LEDGER, *REFERENCE_TOPICS,
 )
 
 

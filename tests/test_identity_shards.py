@@ -28,6 +28,7 @@ class Network:
     def __init__(self, partitions: int, rules: Rules, rnd: random.Random, crash: float = 0.0) -> None:
         self.n, self.rules, self.rnd, self.crash = partitions, rules, rnd, crash
         self.records: list[dict[str, Any]] = [{} for _ in range(partitions)]
+        self.assigned: list[dict[str, Any]] = [{} for _ in range(partitions)]  # identifier -> assignment
         self.logs: list[list[dict[str, Any]]] = [[] for _ in range(partitions)]
         self.position = [0] * partitions
         self.committed = [0] * partitions
@@ -50,6 +51,15 @@ class Network:
             p = self.rnd.choice(ready)
             msg = self.logs[p][self.position[p]]
             assert self.home(msg["to"]) == p
+            if msg["k"] == "assign":
+                new = shards.assign_step(self.assigned[p].get(msg["to"]), msg, self.rules)
+                if self.rnd.random() < self.crash:
+                    self.position[p] = self.committed[p]
+                    continue
+                if new is not None:
+                    self.assigned[p][msg["to"]] = new
+                self.position[p] += 1
+                continue
             out = shards.step(self.records[p].get(msg["to"]), msg, self.rules)
             for m in out.sends:
                 self.send(m)
@@ -86,6 +96,9 @@ def feed(net: Network, events: list[dict[str, Any]]) -> None:
 def check_end_state(net: Network, events: list[dict[str, Any]]) -> None:
     reference, by_event = cluster(events, net.rules)
     assert {i: net.person(i) for i in reference} == reference
+    # and each identifier's home knows its person, by itself
+    assigned = {i: a["person"] for part in net.assigned for i, a in part.items()}
+    assert assigned == reference
     # Every event was resolved, and every person an event was given that no longer exists
     # was reported merged or split away (what follows identity learns of every change).
     assert set(net.resolved) == set(by_event)
@@ -99,7 +112,7 @@ def check_end_state(net: Network, events: list[dict[str, Any]]) -> None:
     for r in net.roots():
         for ident in r["own"]:
             owners[ident] = owners.get(ident, 0) + 1
-    assert all(n == 1 for n in owners.values())
+    assert owners == dict.fromkeys(reference, 1)
 
 
 @PROPERTY

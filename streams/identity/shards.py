@@ -37,6 +37,13 @@ order and the interleaving: evidence is a join-semilattice (``Graph.join``), so
 where and in what grouping events were added does not matter once groups have
 joined, and the clustering of a group is a function of its evidence.
 
+Assignments. Whenever a root's clustering gives one of its own identifiers a
+different person, it sends ``assign`` to that identifier's home, which keeps
+the identifier's current person (``assign_step``): the one thing a lookup by
+identifier needs, found in one place. Assignments from different roots can
+cross on the way; an identifier's root only ever moves to a stronger key, so
+the home keeps the assignment from the strongest root (the latest from it).
+
 Crashes and replays. A message may be handled again (its records were written
 but its offset not committed), and a crash may fall between sending a step's
 messages and writing its record. So ``step`` returns its messages and its
@@ -93,6 +100,8 @@ def step(record: Record | None, msg: Msg, rules: Rules) -> Step:
     key = msg["to"]
     out = Step(key)
     kind = msg["k"]
+    if kind == "assign":
+        raise ValueError("assign messages are for assign_step, with the identifier's assignment record")
     if record is not None and "p" in record:  # not a root: pass it on towards the root
         if kind == "yield":  # this root was absorbed meanwhile: join what it became instead
             out.sends.append({"k": "union", "to": msg["into"], "y": None, "root": record["p"]})
@@ -124,6 +133,7 @@ def _event(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
             out.resolved.append(Resolved(msg["first"][1], person_id_for(ids[0]), None))
         return
     rest = ids[i:]
+    before = dict(g.person)
     update = g.observe(rest, msg["first"])
     own = {*record["own"], ids[i]}
     for y in rest[1:]:
@@ -131,25 +141,28 @@ def _event(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
             out.sends.append({"k": "union", "to": y, "y": y, "root": out.key})
     out.resolved.append(Resolved(msg["first"][1], update.person_id, g.member_of(update.person_id)))
     out.changes, out.conflicts = update.changes, update.conflicts
+    _assign(out, g, own, before)
     out.write = {"g": g.to_json(), "own": sorted(own)}
 
 
 def _union(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
-    """Join the group of ``msg["y"]`` (whose root this is) with the group at ``msg["root"]``;
-    ``y`` None: a join between two roots, asked without an identifier to check."""
+    """Join the group of ``msg["y"]`` (whose pointers led to this root, so it is ours) with the
+    group at ``msg["root"]``; ``y`` None: a join between two roots, nothing to check."""
     asker, y = msg["root"], msg["y"]
-    if asker == out.key:  # y's pointers lead here: this root owns it
-        if y is not None and y not in record["own"]:
-            out.write = {"g": record["g"], "own": sorted({*record["own"], y})}
-        return
     g = Graph.from_json(record["g"], rules)
+    own = set(record["own"])
+    if y is not None and y not in own:
+        own.add(y)
+        _assign(out, g, [y], {})
+        out.write = {"g": record["g"], "own": sorted(own)}
+    if asker == out.key:
+        return
     if y is not None and g.shared(y):  # no joining through a shared identifier
         out.sends.append({"k": "shared", "to": asker, "ids": [y]})
-        return
-    if stronger(out.key, asker, rules):
+    elif stronger(out.key, asker, rules):
         out.sends.append({"k": "yield", "to": asker, "into": out.key})
     else:
-        out.sends.append({"k": "absorb", "to": asker, "g": record["g"], "own": record["own"]})
+        out.sends.append({"k": "absorb", "to": asker, "g": record["g"], "own": sorted(own)})
         out.write = {"p": asker}
 
 
@@ -162,21 +175,45 @@ def _absorb(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     g = Graph.from_json(record["g"], rules)
     theirs = msg["g"]["person"]
     previous = {i: theirs[i] for i in msg["own"] if i in theirs}
+    before = {**g.person, **previous}
     update = g.join(msg["g"], previous)
     out.changes, out.conflicts = update.changes, update.conflicts
-    out.write = {"g": g.to_json(), "own": sorted({*record["own"], *msg["own"]})}
+    own = {*record["own"], *msg["own"]}
+    # the absorbed identifiers learn their new root even where their person stays the same
+    _assign(out, g, own, {i: p for i, p in before.items() if i not in msg["own"]})
+    out.write = {"g": g.to_json(), "own": sorted(own)}
 
 
 def _shared(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     g = Graph.from_json(record["g"], rules)
     if set(msg["ids"]) <= g.flags:
         return
+    before = dict(g.person)
     update = g.flag_shared(msg["ids"])
     out.changes, out.conflicts = update.changes, update.conflicts
+    _assign(out, g, record["own"], before)
     out.write = {"g": g.to_json(), "own": record["own"]}
 
 
+def _assign(out: Step, g: Graph, own: Any, before: Mapping[str, str]) -> None:
+    """Tell the home of each identifier of ``own`` whose person is not ``before``'s its person."""
+    for ident in sorted(own):
+        person = g.person.get(ident)
+        if person is not None and before.get(ident) != person:
+            out.sends.append({"k": "assign", "to": ident, "person": person, "member": g.member_of(person),
+                              "root": out.key})
+
+
 _HANDLERS = {"event": _event, "union": _union, "yield": _yield, "absorb": _absorb, "shared": _shared}
+
+
+def assign_step(current: Record | None, msg: Msg, rules: Rules) -> Record | None:
+    """The identifier's new assignment record, or None to keep ``current`` (a stale one: from a
+    weaker root than the one it already heard from)."""
+    if current is not None and current["root"] != msg["root"] and not stronger(msg["root"], current["root"], rules):
+        return None
+    new = {"person": msg["person"], "member": msg["member"], "root": msg["root"]}
+    return None if new == current else new
 
 
 def person_of_identifier(records: Mapping[str, Record], ident: str, rules: Rules) -> str | None:
