@@ -39,6 +39,10 @@ DEAD_LETTERS = Counter("touchline_dead_letters_total", "Records sent to the dead
 CLOCK_TICKS = Counter("touchline_clock_ticks_total", "Clock-tick control records applied")
 DUPLICATES = Counter("touchline_duplicates_dropped_total", "Touchpoints dropped as repeats of an event id")
 MERGES = Counter("touchline_identity_merges_total", "Persons merged into another person")
+IDENTITY_GRAPH_CHANGES = Counter(
+    "touchline_identity_graph_changes_total",
+    "Changes the identity graph made to its clustering: merge, split, conflict (a link refused)", ["kind"],
+)
 FEATURE_UPDATES = Counter("touchline_feature_updates_total", "Person feature snapshots written")
 TRIGGERS_FIRED = Counter("touchline_triggers_fired_total", "Triggers fired", ["rule"])
 STAGE_BATCH_SECONDS = Histogram(

@@ -86,6 +86,22 @@ class Pipeline:
         return table
 
 
+class HeldWrites(dict):  # type: ignore[type-arg]
+    """Writes to a table held back until ``flush`` (after the batch's outputs are delivered);
+    reads see them over the table's values."""
+
+    def __init__(self, table: Any) -> None:
+        super().__init__()
+        self.table = table
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else self.table.get(key, default)
+
+    def flush(self) -> None:
+        for key, value in self.items():
+            self.table[key] = value
+
+
 async def deliver(sends: Sequence[tuple[Any, bytes | None, bytes | None, int | None]]) -> None:
     """Send (topic, key, value, partition) records and wait until the broker holds every one.
 

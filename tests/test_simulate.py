@@ -340,3 +340,34 @@ def test_pipeline_cores_fire_exactly_the_abandoned_carts(which: str) -> None:
         cart_abandon.on_event(state, {"touchpoint": e, "member_id": res.member_id}, config.cart_abandon_delay_ms)
     fired = [t["correlation_key"] for s in states.values() for t in cart_abandon.fire_due(s, 2**62)]
     assert sorted(fired) == traffic.truth.abandoned_cart_ids
+
+
+@pytest.mark.parametrize("seed", [1, 7, 13])
+def test_the_identity_population_is_valid_and_its_truth_is_what_the_rules_can_find(seed: int) -> None:
+    """streams/simulate/identities.py: every event passes ingestion, and the identity graph's
+    reference clustering of its events groups the identifiers exactly as the truth does (each
+    true link has evidence, the kiosk links nobody, the typed phone stays with its owner)."""
+    from streams.identity.graph import Graph, cluster
+    from streams.simulate.identities import population
+
+    pop = population(seed, people=30)
+    policy = validate.Policy(salt=b"test")
+    assert not [r for e in pop.events
+                if isinstance(r := validate.accept(avro.encode(avro.TOUCHPOINT, e), policy), validate.Rejected)]
+    reference, _ = cluster(pop.events)
+    truth = {f"{k}:{v}": who for (k, v), who in pop.owner.items()}
+    assert set(reference) == set(truth)
+    groups: dict[str, set[str]] = defaultdict(set)
+    found: dict[str, set[str]] = defaultdict(set)
+    for ident, who in truth.items():
+        if who != "kiosk":
+            groups[who].add(ident)
+            found[reference[ident]].add(ident)
+    assert sorted(map(sorted, groups.values())) == sorted(map(sorted, found.values()))
+    g = Graph()
+    for e in pop.events:
+        g.add(e)
+    assert all(g.shared(f"device_id:{k}") for k in pop.kiosks)
+    assert pop.typo is not None
+    phone, owner, other = pop.typo
+    assert reference[f"phone:{phone}"] == reference[f"member_id:{owner}"] != reference[f"member_id:{other}"]

@@ -7,11 +7,20 @@ from collections import defaultdict
 from typing import Any
 
 from streams import avro, metrics, streamtime
+from streams.identity import graph_agent
 from streams.identity.dedup import Dedup
+from streams.identity.graph import Rules
 from streams.identity.links import Merge, Resolution, resolve
-from streams.pipeline import Pipeline
+from streams.pipeline import HeldWrites, Pipeline
 from streams.reference.enrich import enrich
-from streams.topics import ENRICHED, IDENTITY_CHANGES, INGESTED, PERSON_OPS, partition_for
+from streams.topics import (
+    ENRICHED,
+    IDENTITY_CHANGES,
+    IDENTITY_WORK,
+    INGESTED,
+    PERSON_OPS,
+    partition_for,
+)
 
 
 def register(p: Pipeline) -> None:
@@ -31,7 +40,9 @@ def register(p: Pipeline) -> None:
     broadcast: dict[int, int] = {}
     p.on_revoked(lambda part: broadcast.pop(part, None))
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
-    ops_topic = p.topic(PERSON_OPS)
+    ops_topic, graph_topic = p.topic(PERSON_OPS), p.topic(IDENTITY_WORK)
+    rules = Rules()
+    graph_agent.register(p, rules)
     reference = p.reference
     clock = p.clock
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("identity")
@@ -68,7 +79,7 @@ def register(p: Pipeline) -> None:
             if replayed is None:
                 # Decide now, against links buffered in `pending`: the batch's effects reach the
                 # changelog before the link changes they rest on (streams/identity/dedup.py).
-                pending = _Pending(links)
+                pending = HeldWrites(links)
                 resolutions = [resolve(tp, item["route_key"], pending) for tp, item in zip(touchpoints, kept, strict=True)]
                 merges = [r.merge for r in resolutions if r.merge is not None]
                 entry = dedup.record(part, batch["batch_id"], _effects(resolutions))
@@ -95,6 +106,10 @@ def register(p: Pipeline) -> None:
                     {"kind": "merge", "person_id": merge.from_person, "event": None,
                      "other_person": merge.into_person, "absorbed": None}
                 )
+            # The identity graph (streams/identity/graph_agent.py) gets every kept event; a
+            # redelivered batch sends them again, which the graph's evidence absorbs unchanged.
+            for dest, msgs in sorted(graph_agent.event_messages(touchpoints, rules, n).items()):
+                graph_topic.send_soon(value=graph_agent.encode_batch(msgs), partition=dest)
             metrics.observe_many(processing, metrics.event_delays(
                 [op for ops in by_person_part.values() for op in ops], now_ms))
             metrics.DUPLICATES.inc(admitted.keep.count(False))
@@ -111,21 +126,6 @@ def register(p: Pipeline) -> None:
                 }
                 ops_topic.send_soon(value=avro.encode(avro.PERSON_BATCH, out), partition=dest)
             timer.stop()
-
-
-class _Pending(dict):  # type: ignore[type-arg]
-    """Link writes held back until ``flush``; reads see them over the table's values."""
-
-    def __init__(self, table: Any) -> None:
-        super().__init__()
-        self.table = table
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self else self.table.get(key, default)
-
-    def flush(self) -> None:
-        for key, value in self.items():
-            self.table[key] = value
 
 
 def _effects(resolutions: list[Resolution]) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""Identity-graph agent: the sharded identity graph (streams/identity/shards.py) on Faust.
+
+The identity agent hands every accepted event to the home of its strongest
+identifier on ``internal.identity-graph``; this agent handles the messages of
+its partitions in order, with two tables keyed by identifier: ``identity-groups``
+(roots and pointers) and ``identity-assign`` (each identifier's current person,
+also published, compacted, on ``identity.assignments``).
+
+One record of the topic carries many messages for one partition, so Faust's
+per-message cost is paid per batch. A batch's table writes are held back until
+every message it sends and every assignment it publishes is acknowledged by the
+broker: a crash then loses at most writes, and the redelivered batch, whose
+steps are idempotent, sends the same again (see the module above).
+
+While the events' persons still come from the route-key resolver
+(streams/identity/links.py), this graph runs beside it: the assignments are the
+identity graph's clustering, sharded, and what lookups and the oracle test read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from streams import avro, metrics
+from streams.identity import shards
+from streams.identity.graph import Rules, identifiers_of
+from streams.pipeline import HeldWrites, Pipeline, deliver
+from streams.topics import IDENTITY_ASSIGNMENTS, IDENTITY_WORK, partition_for
+
+
+def encode_batch(msgs: Iterable[dict[str, Any]]) -> bytes:
+    return avro.encode(avro.IDENTITY_WORK, {"msgs": [json.dumps(m, separators=(",", ":")) for m in msgs]})
+
+
+def event_messages(touchpoints: Iterable[dict[str, Any]], rules: Rules, n: int) -> dict[int, list[dict[str, Any]]]:
+    """The messages that place these events in the graph, by destination partition."""
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for tp in touchpoints:
+        ids = identifiers_of(tp, rules)
+        if ids:
+            out[partition_for(ids[0], n)].append(shards.event_message(tp["event_id"], tp["event_time_ms"], ids))
+    return out
+
+
+def register(p: Pipeline, rules: Rules) -> None:
+    groups = p.table("identity-groups")  # identifier -> root {"g", "own"} or pointer {"p"}
+    assigned = p.table("identity-assign")  # identifier -> {"person", "member", "root"}
+    n = p.settings.partitions
+    work, assignments = p.topic(IDENTITY_WORK), p.topic(IDENTITY_ASSIGNMENTS)
+    timer = metrics.StageTimer("identity-graph")
+
+    @p.app.agent(work, name="identity-graph")
+    async def identity_graph(stream: Any) -> None:
+        async for event in stream.events():
+            timer.start()
+            msgs = [json.loads(m) for m in avro.decode_as(avro.IDENTITY_WORK, event.value)["msgs"]]
+            records, assigns = HeldWrites(groups), HeldWrites(assigned)
+            out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            published: list[tuple[Any, bytes | None, bytes | None, int | None]] = []
+            for msg in msgs:
+                key = msg["to"]
+                if msg["k"] == "assign":
+                    new = shards.assign_step(assigns.get(key), msg, rules)
+                    if new is not None:
+                        assigns[key] = new
+                        published.append((assignments, key.encode(), avro.encode(avro.IDENTITY_ASSIGNMENT, {
+                            "identifier": key, "person_id": new["person"], "member_id": new["member"],
+                            "root": new["root"]}), None))
+                    continue
+                step = shards.step(records.get(key), msg, rules)
+                for m in step.sends:
+                    out[partition_for(m["to"], n)].append(m)
+                if step.write is not None:
+                    records[key] = step.write
+                metrics.IDENTITY_GRAPH_CHANGES.labels("merge").inc(sum(c.kind == "merge" for c in step.changes))
+                metrics.IDENTITY_GRAPH_CHANGES.labels("split").inc(sum(c.kind == "split" for c in step.changes))
+                metrics.IDENTITY_GRAPH_CHANGES.labels("conflict").inc(len(step.conflicts))
+            sends = [(work, None, encode_batch(ms), dest) for dest, ms in sorted(out.items())]
+            await timer.outside(deliver([*sends, *published]))
+            records.flush()
+            assigns.flush()
+            timer.stop()

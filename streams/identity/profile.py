@@ -1,0 +1,62 @@
+"""Profile lookup by identifier: the person, all their identifiers, their merge and split history.
+
+``touchline profile type:value`` and ``GET /v1/profiles?identifier=type:value``
+(the collector) answer from ClickHouse: ``identity_assignments`` (the identity
+graph's current clustering, stored by the sink from ``identity.assignments``)
+and ``identity_changes``. The identifier asked for is put in the form the
+pipeline keeps (phones and emails normalised and hashed with the deployment's
+salt), so a raw phone number finds its person while the answer holds only the
+hashed form. Pure apart from the ``query`` function it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from streams.touchpoint.normalise import normalise_identifiers
+from streams.touchpoint.taxonomy import ROUTE_IDENTIFIERS
+
+Query = Callable[[str], list[list[Any]]]
+
+
+class BadIdentifier(ValueError):
+    """Not ``type:value`` with a known identifier type and a usable value."""
+
+
+def stored_form(identifier: str, salt: bytes, default_country: str) -> str:
+    """``type:value`` as the pipeline keeps it (personal values hashed)."""
+    kind, sep, value = identifier.partition(":")
+    if not sep or kind not in ROUTE_IDENTIFIERS:
+        raise BadIdentifier(f"expected type:value with type one of {', '.join(ROUTE_IDENTIFIERS)}, got {identifier!r}")
+    ids, dropped = normalise_identifiers({kind: value}, salt, default_country)
+    if dropped or not ids.get(kind):
+        raise BadIdentifier(f"{identifier!r} is not a usable {kind}")
+    return f"{kind}:{ids[kind]}"
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def lookup(query: Query, identifier: str) -> dict[str, Any] | None:
+    """The profile of the person holding ``identifier`` (stored form), or None if unknown."""
+    found = query(
+        "SELECT person_id, member_id FROM identity_assignments FINAL "
+        f"WHERE identifier = {_quote(identifier)} AND is_deleted = 0")
+    if not found:
+        return None
+    person, member = found[0]
+    identifiers = [r[0] for r in query(
+        "SELECT identifier FROM identity_assignments FINAL "
+        f"WHERE person_id = {_quote(person)} AND is_deleted = 0 ORDER BY identifier")]
+    history = [
+        {"change_id": r[0], "kind": r[1], "from_person": r[2], "into_person": r[3], "reason": r[4],
+         "evidence_event_id": r[5], "event_time": r[6]}
+        for r in query(
+            "SELECT change_id, kind, from_person, into_person, reason, evidence_event_id, event_time "
+            f"FROM identity_changes FINAL WHERE from_person = {_quote(person)} OR into_person = {_quote(person)} "
+            "ORDER BY event_time, change_id")
+    ]
+    return {"identifier": identifier, "person_id": person, "member_id": member,
+            "identifiers": identifiers, "history": history}
