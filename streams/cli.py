@@ -247,6 +247,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from streams.identity.profile import BadIdentifier, lookup_for
+    from streams.sink.query import QueryError
+
+    try:
+        found = lookup_for(_settings(), args.identifier)
+    except (BadIdentifier, QueryError) as exc:
+        print(f"touchline profile: {exc}", file=sys.stderr)
+        return 2
+    if found is None:
+        print(f"touchline profile: no person holds {args.identifier.split(':', 1)[0]}:…", file=sys.stderr)
+        return 1
+    print(json.dumps(found, indent=2))
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from streams import avro
 
@@ -319,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick", action="store_true", help="end with clock ticks past the last cart-abandon delay and session timeout")
     p.add_argument("--truth", default=None, help="write the simulator's ground truth to this JSON file")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("profile", help="the person holding an identifier: their identifiers (personal ones hashed) "
+                       "and merge history")
+    p.add_argument("identifier", help="type:value, e.g. phone:+8613800001234 or member_id:M100")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("schemas", help="list the Avro contracts with their versions and fixed schema ids")
     p.add_argument("--freeze", action="store_true", help="write a new version file for each changed schema")

@@ -78,6 +78,7 @@ class Settings:
     collector_write_keys: str = ""  # "source:key,source2:key2"; a source may have several keys
     collector_max_body_bytes: int = 512 * 1024  # larger request bodies get 413
     collector_max_batch: int = 500  # more events in one batch get 400
+    collector_profile_keys: str = ""  # "reader:key,...": who may GET /v1/profiles; empty: not served
     collector_delivery_timeout_s: float = 10.0  # Kafka must acknowledge within this, else 503
 
     @property

@@ -37,7 +37,9 @@ UNAUTHORIZED = HttpError(401, "unauthorized", "a valid write key is required: HT
 
 class Collector:
     def __init__(self, settings: Settings, delivery: Delivery, clock: Clock | None = None) -> None:
+        self.settings = settings
         self.keys = WriteKeys.parse(settings.collector_write_keys)
+        self.profile_keys = WriteKeys.parse(settings.collector_profile_keys)
         if not self.keys.sources:
             raise WriteKeyError("TOUCHLINE_COLLECTOR_WRITE_KEYS is empty: every request would be refused")
         self.clock = clock or SystemClock()
@@ -50,6 +52,7 @@ class Collector:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/batch", self.batch)
+        app.router.add_get("/v1/profiles", self.profiles)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         return app
@@ -83,6 +86,30 @@ class Collector:
         _count(plan)
         metrics.COLLECTOR_REQUESTS.labels(source, "200").inc()
         return web.json_response(plan.response())
+
+    async def profiles(self, request: web.Request) -> web.Response:
+        """GET /v1/profiles?identifier=type:value: the person, their identifiers (personal ones
+        hashed) and merge history, for readers holding a TOUCHLINE_COLLECTOR_PROFILE_KEYS key."""
+        from streams.identity.profile import BadIdentifier, lookup_for
+        from streams.sink.query import QueryError
+
+        if not self.profile_keys.sources:
+            return web.json_response({"error": "not_enabled", "message": "no profile keys configured"}, status=404)
+        if self.profile_keys.source_for(request.headers.get("Authorization")) is None:
+            return web.json_response({"error": "unauthorized"}, status=401,
+                                     headers={"WWW-Authenticate": 'Basic realm="touchline"'})
+        identifier = request.query.get("identifier", "")
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: lookup_for(self.settings, identifier, open_directly=False))
+        except BadIdentifier as exc:
+            return web.json_response({"error": "bad_identifier", "message": str(exc)}, status=400)
+        except QueryError as exc:
+            return web.json_response({"error": "clickhouse_unavailable", "message": str(exc), "retry": True},
+                                     status=503, headers={"Retry-After": "1"})
+        if found is None:
+            return web.json_response({"error": "not_found"}, status=404)
+        return web.json_response(found)
 
     async def healthz(self, request: web.Request) -> web.Response:
         ok = self.delivery.alive

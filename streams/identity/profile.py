@@ -60,3 +60,12 @@ def lookup(query: Query, identifier: str) -> dict[str, Any] | None:
     ]
     return {"identifier": identifier, "person_id": person, "member_id": member,
             "identifiers": identifiers, "history": history}
+
+
+def lookup_for(settings: Any, identifier: str, open_directly: bool = True) -> dict[str, Any] | None:
+    """``lookup`` against the deployment's ClickHouse, from ``type:value`` as a user types it."""
+    from streams.deadletter.sealing import identifier_salt
+    from streams.sink.query import rows
+
+    stored = stored_form(identifier, identifier_salt(settings), settings.default_country_code)
+    return lookup(lambda sql: rows(settings, sql, open_directly), stored)

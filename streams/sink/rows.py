@@ -18,6 +18,7 @@ from typing import Any
 from streams.topics import (
     DEAD_LETTERS,
     ENRICHED,
+    IDENTITY_ASSIGNMENTS,
     IDENTITY_CHANGES,
     MEMBER_FEATURES,
     REF_CAMPAIGNS,
@@ -105,6 +106,14 @@ def member_tombstone(key: str, offset: int) -> list[Any]:
     return [key, None, 0, 0, 0, 0, 0, 0.0, _EPOCH, _EPOCH, [], offset, 1]
 
 
+def assignment_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
+    return [r["identifier"], r["person_id"], r["member_id"], r["root"], offset, 0]
+
+
+def _assignment_tombstone(key: str, offset: int) -> list[Any]:
+    return [key, "", None, "", offset, 1]
+
+
 def store_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
     return [r["store_id"], r["name"], r["city"], r["latitude"], r["longitude"], _day(r["opened_on"]),
             _day(r["closed_on"]), offset, 0]
@@ -174,6 +183,9 @@ TABLES: dict[TopicSpec, Table] = {
     IDENTITY_CHANGES: Table("identity_changes", [
         "change_id", "kind", "from_person", "into_person", "reason", "identifiers", "evidence_event_id",
         "event_time"], change_row, "change_id"),
+    IDENTITY_ASSIGNMENTS: Table("identity_assignments", [
+        "identifier", "person_id", "member_id", "root", "version", "is_deleted"], assignment_row, "identifier",
+        insert_once=False, tombstone=_assignment_tombstone),
     TRIGGERS: Table("triggers", [
         "trigger_id", "rule", "person_id", "member_id", "correlation_key", "source_event_id", "due_at",
         "fired_at", "payload"], trigger_row, "trigger_id"),
