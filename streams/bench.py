@@ -186,6 +186,9 @@ def _state(workers: list[Child]) -> dict[str, Any]:
         "bytes_per_person": per_person / persons["features"] if persons.get("features") else None,
         "bytes_per_identifier": (tables.get("identity-links", 0.0) / persons["identity"]
                                  if persons.get("identity") else None),
+        "bytes_per_graph_identifier": (
+            (tables.get("identity-groups", 0.0) + tables.get("identity-assign", 0.0)) / persons["identity-graph"]
+            if persons.get("identity-graph") else None),
     }
 
 
@@ -273,6 +276,9 @@ def bench(events: int, out_path: Path) -> dict[str, Any]:
     if st["bytes_per_identifier"] is not None:
         print(f"  state: {st['bytes_per_identifier']:,.0f} bytes per identifier "
               f"(identity-links; {st['entries'].get('identity', 0):,.0f} identifiers)")
+    if st.get("bytes_per_graph_identifier") is not None:
+        print(f"  state: {st['bytes_per_graph_identifier']:,.0f} bytes per identifier in the identity graph "
+              f"(identity-groups, identity-assign; {st['entries'].get('identity-graph', 0):,.0f} identifiers)")
     lat = result["latency"]
     print(f"\n  latency at half the 2-worker rate ({lat['rate_events_per_s']:,.0f} events/s, "
           f"{lat['events']:,} events), milliseconds:")

@@ -11,6 +11,8 @@ of a fault-free run of the same input:
 
 - identity: every event id's final person (person ids after merges), from the
   enriched and identity-changes topics;
+- identity_graph: every identifier's person by the identity graph
+  (ClickHouse ``identity_assignments``, FINAL);
 - features: each person's latest features snapshot (ClickHouse, FINAL);
 - triggers: the distinct trigger ids on the triggers topic;
 - sessions: every closed session (ClickHouse, FINAL);
@@ -67,6 +69,9 @@ CLICKHOUSE_SECTIONS: dict[str, str] = {
                     "sum(converted), uniqExactMerge(persons) FROM kpi_sessions_hourly GROUP BY ALL ORDER BY ALL",
     "kpi_persons": "SELECT person_id, min(first_seen), argMinMerge(first_touch), min(first_order), sum(orders), "
                    "round(sum(revenue), 2) FROM kpi_persons GROUP BY person_id ORDER BY person_id",
+    # the identity graph's clustering: every identifier's person (streams/identity/shards.py)
+    "identity_graph": "SELECT identifier, person_id, member_id FROM identity_assignments FINAL "
+                      "WHERE NOT is_deleted ORDER BY identifier",
     # dead letters carry the time their raw record was produced, another time in every run: by reason only
     "kpi_dead_letters": "SELECT reason, sum(dead_letters) FROM kpi_dead_letters_hourly GROUP BY reason ORDER BY reason",
     "stored": "SELECT * FROM ("

@@ -47,7 +47,8 @@ def event_messages(touchpoints: Iterable[dict[str, Any]], rules: Rules, n: int) 
 
 def register(p: Pipeline, rules: Rules) -> None:
     groups = p.table("identity-groups")  # identifier -> root {"g", "own"} or pointer {"p"}
-    assigned = p.table("identity-assign")  # identifier -> {"person", "member", "root"}
+    # identifier -> {"person", "member", "root"}; its keys count as touchline_persons{stage="identity-graph"}
+    assigned = p.table("identity-assign", persons="identity-graph")
     n = p.settings.partitions
     work, assignments = p.topic(IDENTITY_WORK), p.topic(IDENTITY_ASSIGNMENTS)
     timer = metrics.StageTimer("identity-graph")
