@@ -59,6 +59,11 @@ class Settings:
     max_event_age_s: float = 30 * 86400.0  # live events older than this are rejected (imports are exempt)
     dedup_window_s: float = 86400.0  # a repeated event id within this much stream time is dropped
     dedup_max_ids: int = 1_000_000  # per identity partition; the oldest batches go first
+    # Identity graph rules (streams/identity/graph.py); every worker must run with the same ones
+    identity_priority: str = ""  # identifier types, strongest first, comma-separated; empty: the default order
+    identity_limits: str = ""  # "phone=3,email=3": per type per person, over the defaults
+    identity_shared_threshold: int = 2  # seen with more member ids than this: shared, links nothing
+    identity_blocklist: str = ""  # "type:value,...": identifiers that never link, besides junk values
     # Sink
     sink_batch_rows: int = 20000
     sink_flush_interval_s: float = 1.0
@@ -128,7 +133,18 @@ class Settings:
         settings.validate()
         return settings
 
+    def identity_rules(self) -> Any:
+        """The identity graph's rules (streams.identity.graph.Rules) from the TOUCHLINE_IDENTITY_* settings."""
+        from streams.identity.graph import Rules
+
+        try:
+            return Rules.parse(self.identity_priority, self.identity_limits, self.identity_shared_threshold,
+                               self.identity_blocklist)
+        except ValueError as exc:
+            raise SettingsError(f"{ENV_PREFIX}IDENTITY_*: {exc}") from None
+
     def validate(self) -> None:
+        self.identity_rules()
         if self.clock not in ("wall", "manual"):
             raise SettingsError(f"{ENV_PREFIX}CLOCK must be 'wall' or 'manual', not {self.clock!r}")
         if self.partitions < 1:

@@ -240,3 +240,22 @@ def test_the_state_survives_its_json_changelog_mid_stream(events: list[dict[str,
 def test_an_event_without_usable_identifiers_is_refused() -> None:
     with pytest.raises(ValueError):
         Graph().add(ev("e1", anonymous_id="null"))
+
+
+def test_rules_come_from_settings_and_bad_ones_are_refused_at_start() -> None:
+    from streams.settings import Settings, SettingsError
+
+    rules = Settings.from_env({"TOUCHLINE_IDENTITY_LIMITS": "phone=1, email=2",
+                               "TOUCHLINE_IDENTITY_SHARED_THRESHOLD": "5",
+                               "TOUCHLINE_IDENTITY_BLOCKLIST": "phone:h1:abc,device_id:kiosk-1"}).identity_rules()
+    assert (rules.limit("phone"), rules.limit("email"), rules.limit("member_id")) == (1, 2, 1)
+    assert rules.shared_threshold == 5
+    assert identifiers_of(ev("e1", device_id="kiosk-1", anonymous_id="c1"), rules) == ["anonymous_id:c1"]
+    assert Rules.parse(priority="phone,member_id").rank("phone:x") == 0
+    for env, word in ((("TOUCHLINE_IDENTITY_LIMITS", "phone=0"), "phone=0"),
+                      (("TOUCHLINE_IDENTITY_LIMITS", "shoe_size=2"), "shoe_size"),
+                      (("TOUCHLINE_IDENTITY_PRIORITY", "member_id,member_id"), "repeated"),
+                      (("TOUCHLINE_IDENTITY_BLOCKLIST", "nokind"), "nokind"),
+                      (("TOUCHLINE_IDENTITY_SHARED_THRESHOLD", "0"), "at least 1")):
+        with pytest.raises(SettingsError, match=word):
+            Settings.from_env(dict([env]))

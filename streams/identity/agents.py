@@ -9,7 +9,6 @@ from typing import Any
 from streams import avro, metrics, streamtime
 from streams.identity import graph_agent
 from streams.identity.dedup import Dedup
-from streams.identity.graph import Rules
 from streams.identity.links import Merge, Resolution, resolve
 from streams.pipeline import HeldWrites, Pipeline
 from streams.reference.enrich import enrich
@@ -41,7 +40,7 @@ def register(p: Pipeline) -> None:
     p.on_revoked(lambda part: broadcast.pop(part, None))
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
     ops_topic, graph_topic = p.topic(PERSON_OPS), p.topic(IDENTITY_WORK)
-    rules = Rules()
+    rules = p.settings.identity_rules()
     graph_agent.register(p, rules)
     reference = p.reference
     clock = p.clock

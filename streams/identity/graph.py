@@ -82,6 +82,31 @@ class Rules:
     edge_cap: int = 8  # distinct events counted per edge (an edge's strength saturates here)
     evidence_ids: int = 3  # event ids reported with a change or conflict
 
+    @classmethod
+    def parse(cls, priority: str = "", limits: str = "", shared_threshold: int = 2, blocklist: str = "") -> Rules:
+        """Rules from their settings' text (TOUCHLINE_IDENTITY_*): ``priority`` a comma list of
+        identifier types, strongest first (empty: the default order); ``limits`` ``type=N`` pairs
+        overriding the default limits; ``blocklist`` ``type:value`` identifiers that never link.
+        Raises ValueError naming what is wrong."""
+        order = tuple(t.strip() for t in priority.split(",") if t.strip()) or DEFAULT_PRIORITY
+        unknown = sorted(set(order) - set(DEFAULT_PRIORITY))
+        if unknown or len(set(order)) != len(order):
+            raise ValueError(f"identity priority: unknown or repeated types {unknown or list(order)}; "
+                             f"known: {', '.join(DEFAULT_PRIORITY)}")
+        caps = dict(DEFAULT_LIMITS)
+        for item in (i.strip() for i in limits.split(",") if i.strip()):
+            kind, sep, n = item.partition("=")
+            if not sep or kind.strip() not in DEFAULT_PRIORITY or not n.strip().isdigit() or int(n) < 1:
+                raise ValueError(f"identity limits: {item!r} is not type=N with a known type and N >= 1")
+            caps[kind.strip()] = int(n)
+        if shared_threshold < 1:
+            raise ValueError("identity shared threshold must be at least 1")
+        blocked = frozenset(b.strip() for b in blocklist.split(",") if b.strip())
+        bad = sorted(b for b in blocked if b.split(":", 1)[0] not in DEFAULT_PRIORITY or ":" not in b)
+        if bad:
+            raise ValueError(f"identity blocklist: {bad} are not type:value with a known type")
+        return cls(priority=order, limits=caps, shared_threshold=shared_threshold, blocklist=blocked)
+
     def rank(self, identifier: str) -> int:
         kind = identifier.split(":", 1)[0]
         return self.priority.index(kind) if kind in self.priority else len(self.priority)
