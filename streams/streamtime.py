@@ -33,6 +33,34 @@ def advance(
     return min(heard.get(str(u), 0) for u in range(upstream)), moved
 
 
+AT = "@"  # key of a clock entry holding the input offset of the batch that last moved it
+
+
+def advance_at(
+    clocks: MutableMapping[str, dict[str, int]], partition: int, reports: Mapping[str, int], upstream: int,
+    offset: int,
+) -> tuple[int, bool]:
+    """``advance`` for a stage whose stream time must stay right when its input is redelivered
+    (identity, after a crash or a takeover). Returns (stream time to announce, whether to tell
+    every downstream partition).
+
+    The clock table may already hold times from batches past the one being redelivered (their
+    changelog records went out, their offsets were not committed), so the table's time is not
+    this batch's time: announcing it would let later stages close sessions and fire timers
+    before the redelivered events reach them. So the entry remembers the offset of the batch
+    that last moved it: a batch before that one announces nothing (0: it moves no one), that
+    very batch announces the time again to everyone (its first broadcast may have been lost
+    with the crash), and later batches advance as usual.
+    """
+    at = (clocks.get(str(partition)) or {}).get(AT, -1)
+    if offset < at:
+        return 0, False
+    t, moved = advance(clocks, partition, reports, upstream)
+    if moved:
+        clocks[str(partition)] = {**clocks[str(partition)], AT: offset}
+    return t, moved or offset == at
+
+
 def advance_person_batch(
     clocks: MutableMapping[str, dict[str, int]], partition: int, batch: Mapping[str, Any], upstream: int,
 ) -> int:

@@ -980,3 +980,20 @@ def test_due_index_rebuilds_a_partition_from_the_table_and_follows_updates() -> 
     index.forget(0)  # revoked: the next use rebuilds from the table as it is now
     table["a"] = {"partition": 0, "due": 9}
     assert index.due(0, 100) == ["a"]
+
+
+def test_a_redelivered_identity_batch_announces_no_time_it_cannot_vouch_for() -> None:
+    """streamtime.advance_at: after a crash the clock table may hold times from batches past the
+    redelivered one; those batches announce nothing, the batch that last moved the clock announces
+    its time to everyone again, later batches advance as usual."""
+    from streams import streamtime
+
+    clocks: dict[str, dict[str, int]] = {}
+    assert streamtime.advance_at(clocks, 0, {"0": 100, "1": 50}, 2, offset=4) == (50, True)
+    assert streamtime.advance_at(clocks, 0, {"0": 100, "1": 90}, 2, offset=5) == (90, True)
+    # the worker dies; its successor reads again from offset 3
+    assert streamtime.advance_at(clocks, 0, {"0": 100, "1": 50}, 2, offset=3) == (0, False)
+    assert streamtime.advance_at(clocks, 0, {"0": 100, "1": 50}, 2, offset=4) == (0, False)
+    assert streamtime.advance_at(clocks, 0, {"0": 100, "1": 90}, 2, offset=5) == (90, True)  # told again
+    assert streamtime.advance_at(clocks, 0, {"0": 100, "1": 90}, 2, offset=6) == (90, False)
+    assert streamtime.advance_at(clocks, 0, {"0": 120, "1": 95}, 2, offset=7) == (95, True)

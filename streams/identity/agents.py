@@ -32,12 +32,6 @@ def register(p: Pipeline) -> None:
     dedup = Dedup(int(p.settings.dedup_window_s * 1000), p.settings.dedup_max_ids)
 
     p.on_revoked(dedup.forget)
-    # Per owned partition, the watermark last broadcast to every person-ops partition. Kept in
-    # memory on purpose: a worker that (re)starts or takes a partition over broadcasts its
-    # watermark once more, so a broadcast lost with a crashed worker's unsent buffer (after its
-    # clock's changelog record went out) cannot leave the later stages' stream time behind.
-    broadcast: dict[int, int] = {}
-    p.on_revoked(lambda part: broadcast.pop(part, None))
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
     ops_topic, graph_topic = p.topic(PERSON_OPS), p.topic(IDENTITY_WORK)
     rules = p.settings.identity_rules()
@@ -55,7 +49,7 @@ def register(p: Pipeline) -> None:
             batch = avro.decode_as(avro.INGESTED_BATCH, event.value)
             by_person_part: dict[int, list[dict[str, Any]]] = defaultdict(list)
             now_ms = clock.now_ms()  # observation only: when it was processed
-            watermark = streamtime.advance(clocks, part, batch["raw_times"], n)[0]
+            watermark, moved = streamtime.advance_at(clocks, part, batch["raw_times"], n, event.message.offset)
             if not dedup.loaded(part):  # first batch since start or reassignment
                 dedup.load(part, seen.items())
             items = batch["events"]
@@ -113,9 +107,8 @@ def register(p: Pipeline) -> None:
                 [op for ops in by_person_part.values() for op in ops], now_ms))
             metrics.DUPLICATES.inc(admitted.keep.count(False))
             metrics.DEDUP_IDS.labels(str(part)).set(dedup.size(part))
-            metrics.STREAM_TIME.labels("identity", str(part)).set(watermark)
-            moved = watermark > broadcast.get(part, -1)
-            broadcast[part] = watermark
+            if watermark:  # 0: a redelivered batch, whose own time is not known (streamtime.advance_at)
+                metrics.STREAM_TIME.labels("identity", str(part)).set(watermark)
             targets = range(n) if moved else sorted(by_person_part)
             for dest in targets:
                 out = {
