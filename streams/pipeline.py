@@ -169,6 +169,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
 
     from streams.features.agents import register as register_features
     from streams.identity.agents import register as register_identity
+    from streams.identity.graph_agent import register as register_identity_graph
     from streams.reference.tables import register as register_reference
     from streams.sessions.agents import register as register_sessions
     from streams.triggers.agents import register as register_triggers
@@ -176,6 +177,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
     pipeline.reference = register_reference(pipeline)
     _REFERENCES[id(app)] = pipeline.reference
     register_identity(pipeline)
+    register_identity_graph(pipeline)
     register_features(pipeline)
     register_triggers(pipeline)
     register_sessions(pipeline)

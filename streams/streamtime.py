@@ -16,11 +16,12 @@ from typing import Any
 
 def advance(
     clocks: MutableMapping[str, dict[str, int]], partition: int, reports: Mapping[str, int], upstream: int,
+    stamp: Mapping[str, int] | None = None,
 ) -> tuple[int, bool]:
     """Apply upstream reports heard on ``partition``; return (stream time, whether it moved).
 
     ``clocks`` is the stage's table (partition -> {upstream partition: time});
-    it is written only when some upstream time moved.
+    it is written only when some upstream time moved, together with ``stamp``.
     """
     heard = dict(clocks.get(str(partition)) or {})
     moved = False
@@ -29,7 +30,7 @@ def advance(
             heard[source] = t
             moved = True
     if moved:
-        clocks[str(partition)] = heard
+        clocks[str(partition)] = {**heard, **stamp} if stamp else heard
     return min(heard.get(str(u), 0) for u in range(upstream)), moved
 
 
@@ -55,9 +56,7 @@ def advance_at(
     at = (clocks.get(str(partition)) or {}).get(AT, -1)
     if offset < at:
         return 0, False
-    t, moved = advance(clocks, partition, reports, upstream)
-    if moved:
-        clocks[str(partition)] = {**clocks[str(partition)], AT: offset}
+    t, moved = advance(clocks, partition, reports, upstream, stamp={AT: offset})
     return t, moved or offset == at
 
 

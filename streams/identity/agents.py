@@ -35,7 +35,6 @@ def register(p: Pipeline) -> None:
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
     ops_topic, graph_topic = p.topic(PERSON_OPS), p.topic(IDENTITY_WORK)
     rules = p.settings.identity_rules()
-    graph_agent.register(p, rules)
     reference = p.reference
     clock = p.clock
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("identity")

@@ -391,12 +391,9 @@ class Graph:
                     ev.update(self.edges[_edge_key(ident, nb)]["ev"][: self.rules.evidence_ids])
         return tuple(sorted(ev)[: self.rules.evidence_ids])
 
-    def member_of(self, person: str) -> str | None:
-        """The member id (value) among the person's identifiers, if any."""
-        for ident, p in self.person.items():
-            if p == person and _kind(ident) == "member_id":
-                return ident.split(":", 1)[1]
-        return None
+    def members(self) -> dict[str, str]:
+        """Person -> the member id (value) among its identifiers, for persons that have one."""
+        return {p: ident.split(":", 1)[1] for ident, p in self.person.items() if _kind(ident) == "member_id"}
 
     def clusters(self) -> dict[str, set[str]]:
         """Person -> identifiers."""

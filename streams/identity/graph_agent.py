@@ -20,7 +20,7 @@ identity graph's clustering, sharded, and what lookups and the oracle test read.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,7 +45,8 @@ def event_messages(touchpoints: Iterable[dict[str, Any]], rules: Rules, n: int) 
     return out
 
 
-def register(p: Pipeline, rules: Rules) -> None:
+def register(p: Pipeline) -> None:
+    rules = p.settings.identity_rules()
     groups = p.table("identity-groups")  # identifier -> root {"g", "own"} or pointer {"p"}
     # identifier -> {"person", "member", "root"}; its keys count as touchline_persons{stage="identity-graph"}
     assigned = p.table("identity-assign", persons="identity-graph")
@@ -61,6 +62,7 @@ def register(p: Pipeline, rules: Rules) -> None:
             records, assigns = HeldWrites(groups), HeldWrites(assigned)
             out: dict[int, list[dict[str, Any]]] = defaultdict(list)
             published: list[tuple[Any, bytes | None, bytes | None, int | None]] = []
+            changed: Counter[str] = Counter()
             for msg in msgs:
                 key = msg["to"]
                 if msg["k"] == "assign":
@@ -76,11 +78,12 @@ def register(p: Pipeline, rules: Rules) -> None:
                     out[partition_for(m["to"], n)].append(m)
                 if step.write is not None:
                     records[key] = step.write
-                metrics.IDENTITY_GRAPH_CHANGES.labels("merge").inc(sum(c.kind == "merge" for c in step.changes))
-                metrics.IDENTITY_GRAPH_CHANGES.labels("split").inc(sum(c.kind == "split" for c in step.changes))
-                metrics.IDENTITY_GRAPH_CHANGES.labels("conflict").inc(len(step.conflicts))
+                changed.update(c.kind for c in step.changes)
+                changed["conflict"] += len(step.conflicts)
             sends = [(work, None, encode_batch(ms), dest) for dest, ms in sorted(out.items())]
             await timer.outside(deliver([*sends, *published]))
             records.flush()
             assigns.flush()
+            for kind, count in changed.items():
+                metrics.IDENTITY_GRAPH_CHANGES.labels(kind).inc(count)
             timer.stop()

@@ -139,7 +139,7 @@ def _event(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     for y in rest[1:]:
         if y not in own and not g.shared(y):
             out.sends.append({"k": "union", "to": y, "y": y, "root": out.key})
-    out.resolved.append(Resolved(msg["first"][1], update.person_id, g.member_of(update.person_id)))
+    out.resolved.append(Resolved(msg["first"][1], update.person_id, g.members().get(update.person_id)))
     out.changes, out.conflicts = update.changes, update.conflicts
     _assign(out, g, own, before)
     out.write = {"g": g.to_json(), "own": sorted(own)}
@@ -149,15 +149,15 @@ def _union(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     """Join the group of ``msg["y"]`` (whose pointers led to this root, so it is ours) with the
     group at ``msg["root"]``; ``y`` None: a join between two roots, nothing to check."""
     asker, y = msg["root"], msg["y"]
-    g = Graph.from_json(record["g"], rules)
     own = set(record["own"])
-    if y is not None and y not in own:
+    g = None if y is None else Graph.from_json(record["g"], rules)
+    if g is not None and y not in own:
         own.add(y)
         _assign(out, g, [y], {})
         out.write = {"g": record["g"], "own": sorted(own)}
     if asker == out.key:
         return
-    if y is not None and g.shared(y):  # no joining through a shared identifier
+    if g is not None and g.shared(y):  # no joining through a shared identifier
         out.sends.append({"k": "shared", "to": asker, "ids": [y]})
     elif stronger(out.key, asker, rules):
         out.sends.append({"k": "yield", "to": asker, "into": out.key})
@@ -197,11 +197,11 @@ def _shared(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
 
 def _assign(out: Step, g: Graph, own: Any, before: Mapping[str, str]) -> None:
     """Tell the home of each identifier of ``own`` whose person is not ``before``'s its person."""
-    for ident in sorted(own):
-        person = g.person.get(ident)
-        if person is not None and before.get(ident) != person:
-            out.sends.append({"k": "assign", "to": ident, "person": person, "member": g.member_of(person),
-                              "root": out.key})
+    moved = [(i, p) for i in sorted(own) if (p := g.person.get(i)) is not None and before.get(i) != p]
+    members = g.members() if moved else {}
+    for ident, person in moved:
+        out.sends.append({"k": "assign", "to": ident, "person": person, "member": members.get(person),
+                          "root": out.key})
 
 
 _HANDLERS = {"event": _event, "union": _union, "yield": _yield, "absorb": _absorb, "shared": _shared}

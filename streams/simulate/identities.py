@@ -96,8 +96,7 @@ def population(seed: int, people: int = 40, kiosk_users: int = 4, t0_ms: int = 1
     kiosk = f"kiosk-{seed}"
     pop.kiosks.append(kiosk)
     pop.owner[("device_id", kiosk)] = "kiosk"
-    logged = [m for m in {p: m for p, m, _ in members}.values()][:kiosk_users]
-    for i, member in enumerate(logged):
+    for i, (_, member, _) in enumerate(members[:kiosk_users]):
         emit("login", "store_pos", t0_ms + 30 * HOUR + i * 60_000, {"device_id": kiosk, "member_id": member})
 
     # Member B's order, with member A's phone typed in by mistake: once, against A's orders.
