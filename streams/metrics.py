@@ -41,7 +41,8 @@ DUPLICATES = Counter("touchline_duplicates_dropped_total", "Touchpoints dropped 
 MERGES = Counter("touchline_identity_merges_total", "Persons merged into another person")
 IDENTITY_GRAPH_CHANGES = Counter(
     "touchline_identity_graph_changes_total",
-    "Changes the identity graph made to its clustering: merge, split, conflict (a link refused)", ["kind"],
+    "Changes the identity graph made to its clustering: merge, split, conflict (a link refused), shared "
+    "(an identifier found to be shared)", ["kind"],
 )
 FEATURE_UPDATES = Counter("touchline_feature_updates_total", "Person feature snapshots written")
 TRIGGERS_FIRED = Counter("touchline_triggers_fired_total", "Triggers fired", ["rule"])

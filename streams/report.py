@@ -18,7 +18,7 @@ _FINAL_PERSON = """
 SELECT uniqExact(if(c.into_person = '', e.person_id, c.into_person))
 FROM (SELECT person_id FROM touchpoints_enriched FINAL) AS e
 LEFT JOIN (SELECT from_person, any(into_person) AS into_person
-           FROM identity_changes FINAL GROUP BY from_person) AS c
+           FROM identity_changes FINAL WHERE resolver = 'route' AND kind = 'merge' GROUP BY from_person) AS c
 ON e.person_id = c.from_person
 """
 
@@ -49,7 +49,7 @@ def clickhouse_summary(rows: Rows) -> dict[str, Any]:
         "events_by_type": _pairs(
             rows, "SELECT event_type, count() FROM touchpoints_enriched FINAL GROUP BY event_type ORDER BY 2 DESC"),
         "persons": int(_one(rows, _FINAL_PERSON)),
-        "merges": int(_one(rows, "SELECT count() FROM identity_changes FINAL WHERE kind = 'merge'")),
+        "merges": int(_one(rows, "SELECT count() FROM identity_changes FINAL WHERE kind = 'merge' AND resolver = 'route'")),
         "triggers_by_rule": _pairs(rows, "SELECT rule, count() FROM triggers FINAL GROUP BY rule ORDER BY rule"),
         "dead_letters_by_reason": _pairs(
             rows, "SELECT reason, count() FROM dead_letters FINAL GROUP BY reason ORDER BY reason"),

@@ -44,7 +44,7 @@ class Tally:
             tp = r["touchpoint"]
             self.enriched_records[tp["event_id"]] += 1
             self.person_of_event[tp["event_id"]] = r["person_id"]
-        elif name == avro.IDENTITY_CHANGE and r["kind"] == "merge":
+        elif name == avro.IDENTITY_CHANGE and r["kind"] == "merge" and r["resolver"] == "route":
             self.merged_into[r["from_person"]] = r["into_person"]
         elif name == avro.TRIGGER:
             self.triggers[r["trigger_id"]] = r

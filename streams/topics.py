@@ -55,7 +55,8 @@ ENRICHED = TopicSpec(
 )
 IDENTITY_CHANGES = TopicSpec(
     "identity.changes", avro.IDENTITY_CHANGE, "into_person",
-    "Every merge of persons with its evidence.",
+    "Every change in who is who, with its evidence: the routing resolver's merges and the identity "
+    "graph's merges, splits, conflicts and shared identifiers (field resolver).",
 )
 IDENTITY_WORK = TopicSpec(
     "internal.identity-graph", avro.IDENTITY_WORK, "none: partition = hash(identifier addressed)",

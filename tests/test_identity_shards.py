@@ -34,6 +34,7 @@ class Network:
         self.committed = [0] * partitions
         self.resolved: dict[str, list[str]] = {}
         self.changes: list[Any] = []
+        self.published: dict[str, dict[str, Any]] = {}  # identity-change records by change id
         self.steps = 0
         self.crashes = 0
 
@@ -66,6 +67,7 @@ class Network:
             for r in out.resolved:
                 self.resolved.setdefault(r.event_id, []).append(r.person_id)
             self.changes += out.changes
+            self.published.update((r["change_id"], r) for r in shards.change_records(out, now_ms=1))
             self.steps += 1
             assert self.steps < limit, "the protocol does not settle"
             if self.rnd.random() < self.crash:  # crash after sending, before writing
@@ -113,6 +115,31 @@ def check_end_state(net: Network, events: list[dict[str, Any]]) -> None:
         for ident in r["own"]:
             owners[ident] = owners.get(ident, 0) + 1
     assert owners == dict.fromkeys(reference, 1)
+    check_change_records(net, events)
+
+
+def check_change_records(net: Network, events: list[dict[str, Any]]) -> None:
+    """The identity-change records tell every shared identifier and every link refused in the
+    final clustering; each merge has one survivor and each split at least one other side."""
+    g = Graph(net.rules)
+    for e in events:
+        g.add(e)
+    records = list(net.published.values())
+    assert {i for r in records if r["kind"] == "shared" for i in r["identifiers"]} == {
+        i for i in g.nodes if g.shared(i)}
+    conflicts = {tuple(sorted(r["identifiers"])) for r in records if r["kind"] == "conflict"}
+    refused = set()  # links the final clustering does not make between identifiers that link
+    for key in g.edges:
+        x, y = sorted(key.split("\t"))
+        if not g.shared(x) and not g.shared(y) and g.person[x] != g.person[y]:
+            refused.add((x, y))
+    assert refused <= conflicts
+    for r in records:
+        assert r["resolver"] == "graph" and r["event_time_ms"] > 0
+        if r["kind"] == "merge":
+            assert r["into_persons"] == [r["into_person"]] != [r["from_person"]] and r["evidence_event_ids"]
+        elif r["kind"] == "split":
+            assert r["into_persons"] and r["from_person"] not in r["into_persons"]
 
 
 @PROPERTY

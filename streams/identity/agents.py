@@ -142,6 +142,7 @@ def _publish_merge(topic: Any, m: Merge) -> None:
         "into_person": m.into_person, "reason": "identify event linked route key to member",
         "identifiers": [m.route_key, f"member_id:{m.member_id}"],
         "evidence_event_id": m.event_id, "event_time_ms": m.event_time_ms,
+        "into_persons": [m.into_person], "evidence_event_ids": [m.event_id], "resolver": "route",
     }
     topic.send_soon(key=m.into_person.encode(), value=avro.encode(avro.IDENTITY_CHANGE, record))
     metrics.MERGES.inc()

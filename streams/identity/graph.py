@@ -155,6 +155,7 @@ class Conflict:
     b: str
     reason: str
     evidence: tuple[str, ...]
+    persons: tuple[str, str] = ("", "")  # the persons a and b were left in
 
 
 @dataclass
@@ -162,6 +163,7 @@ class Update:
     person_id: str  # the event's person after it was added
     changes: list[Change] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)  # identifiers this update found to be shared
 
 
 class Graph:
@@ -297,7 +299,7 @@ class Graph:
         self._observe(ids, first)
         newly_shared = [i for i in ids if self.shared(i) and i not in was_shared]
         changes, conflicts = self._recluster([*ids, *newly_shared], newly_shared)
-        return Update(self.person_of(ids), changes, conflicts)
+        return Update(self.person_of(ids), changes, conflicts, newly_shared)
 
     def join(self, other: Mapping[str, Any], previous: Mapping[str, str] | None = None) -> Update:
         """Join another graph's evidence (its ``to_json``) into this one and cluster again.
@@ -315,14 +317,14 @@ class Graph:
             self.refused.setdefault(key, reason)  # a conflict reported there is not reported again
         newly_shared = sorted(i for i in self.nodes if self.shared(i) and i not in was_shared)
         changes, conflicts = self._recluster(sorted(other["nodes"]), newly_shared, previous)
-        return Update("", changes, conflicts)
+        return Update("", changes, conflicts, newly_shared)
 
     def flag_shared(self, idents: Iterable[str]) -> Update:
         """Mark identifiers as shared on evidence held elsewhere (they stop linking here)."""
         newly_shared = sorted(i for i in set(idents) if i in self.nodes and not self.shared(i))
         self.flags |= set(idents)
         changes, conflicts = self._recluster(newly_shared, newly_shared)
-        return Update("", changes, conflicts)
+        return Update("", changes, conflicts, newly_shared)
 
     def _recluster(self, touched: list[str], newly_shared: list[str],
                    previous: Mapping[str, str] | None = None) -> tuple[list[Change], list[Conflict]]:
@@ -351,7 +353,8 @@ class Graph:
             key = _edge_key(a, b)
             if self.refused.get(key) != reason:
                 self.refused[key] = reason
-                conflicts.append(Conflict(a, b, reason, tuple(self.edges[key]["ev"][: self.rules.evidence_ids])))
+                conflicts.append(Conflict(a, b, reason, tuple(self.edges[key]["ev"][: self.rules.evidence_ids]),
+                                          (self.person.get(a, ""), self.person.get(b, ""))))
         return self._changes(old, new, newly_shared), conflicts
 
     def person_of(self, ids: list[str]) -> str:

@@ -4,7 +4,9 @@ The identity agent hands every accepted event to the home of its strongest
 identifier on ``internal.identity-graph``; this agent handles the messages of
 its partitions in order, with two tables keyed by identifier: ``identity-groups``
 (roots and pointers) and ``identity-assign`` (each identifier's current person,
-also published, compacted, on ``identity.assignments``).
+also published, compacted, on ``identity.assignments``). Every merge, split,
+conflict and newly shared identifier it finds goes on ``identity.changes``
+(resolver ``graph``).
 
 One record of the topic carries many messages for one partition, so Faust's
 per-message cost is paid per batch. A batch's table writes are held back until
@@ -28,7 +30,7 @@ from streams import avro, metrics
 from streams.identity import shards
 from streams.identity.graph import Rules, identifiers_of
 from streams.pipeline import HeldWrites, Pipeline, deliver
-from streams.topics import IDENTITY_ASSIGNMENTS, IDENTITY_WORK, partition_for
+from streams.topics import IDENTITY_ASSIGNMENTS, IDENTITY_CHANGES, IDENTITY_WORK, partition_for
 
 
 def encode_batch(msgs: Iterable[dict[str, Any]]) -> bytes:
@@ -51,7 +53,8 @@ def register(p: Pipeline) -> None:
     # identifier -> {"person", "member", "root"}; its keys count as touchline_persons{stage="identity-graph"}
     assigned = p.table("identity-assign", persons="identity-graph")
     n = p.settings.partitions
-    work, assignments = p.topic(IDENTITY_WORK), p.topic(IDENTITY_ASSIGNMENTS)
+    work, assignments, changes = p.topic(IDENTITY_WORK), p.topic(IDENTITY_ASSIGNMENTS), p.topic(IDENTITY_CHANGES)
+    clock = p.clock
     timer = metrics.StageTimer("identity-graph")
 
     @p.app.agent(work, name="identity-graph")
@@ -78,8 +81,10 @@ def register(p: Pipeline) -> None:
                     out[partition_for(m["to"], n)].append(m)
                 if step.write is not None:
                     records[key] = step.write
-                changed.update(c.kind for c in step.changes)
-                changed["conflict"] += len(step.conflicts)
+                for record in shards.change_records(step, clock.now_ms()):
+                    changed[record["kind"]] += 1
+                    published.append((changes, record["into_person"].encode() or record["from_person"].encode(),
+                                      avro.encode(avro.IDENTITY_CHANGE, record), None))
             sends = [(work, None, encode_batch(ms), dest) for dest, ms in sorted(out.items())]
             await timer.outside(deliver([*sends, *published]))
             records.flush()

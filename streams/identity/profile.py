@@ -51,11 +51,12 @@ def lookup(query: Query, identifier: str) -> dict[str, Any] | None:
         "SELECT identifier FROM identity_assignments FINAL "
         f"WHERE person_id = {_quote(person)} AND is_deleted = 0 ORDER BY identifier")]
     history = [
-        {"change_id": r[0], "kind": r[1], "from_person": r[2], "into_person": r[3], "reason": r[4],
-         "evidence_event_id": r[5], "event_time": r[6]}
+        {"change_id": r[0], "kind": r[1], "from_person": r[2], "into_persons": list(r[3]), "reason": r[4],
+         "identifiers": list(r[5]), "evidence_event_ids": list(r[6]), "event_time": r[7]}
         for r in query(
-            "SELECT change_id, kind, from_person, into_person, reason, evidence_event_id, event_time "
-            f"FROM identity_changes FINAL WHERE from_person = {_quote(person)} OR into_person = {_quote(person)} "
+            "SELECT change_id, kind, from_person, into_persons, reason, identifiers, evidence_event_ids, event_time "
+            f"FROM identity_changes FINAL WHERE resolver = 'graph' AND kind IN ('merge', 'split', 'conflict') "
+            f"AND (from_person = {_quote(person)} OR has(into_persons, {_quote(person)})) "
             "ORDER BY event_time, change_id")
     ]
     return {"identifier": identifier, "person_id": person, "member_id": member,

@@ -55,11 +55,12 @@ what it had sent.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.identity.graph import Change, Conflict, Graph, Rules
+from streams.identity.graph import Change, Conflict, Graph, Rules, Update
 from streams.identity.links import person_id_for
 
 Record = dict[str, Any]
@@ -84,6 +85,8 @@ class Step:
     resolved: list[Resolved] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)  # identifiers found to be shared here
+    time_ms: int = 0  # the event time behind an event step's changes (0: not an event step)
 
 
 def event_message(event_id: str, event_time_ms: int, ids: list[str]) -> Msg:
@@ -140,9 +143,13 @@ def _event(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
         if y not in own and not g.shared(y):
             out.sends.append({"k": "union", "to": y, "y": y, "root": out.key})
     out.resolved.append(Resolved(msg["first"][1], update.person_id, g.members().get(update.person_id)))
-    out.changes, out.conflicts = update.changes, update.conflicts
+    _report(out, update, msg["first"][0])
     _assign(out, g, own, before)
     out.write = {"g": g.to_json(), "own": sorted(own)}
+
+
+def _report(out: Step, update: Update, time_ms: int = 0) -> None:
+    out.changes, out.conflicts, out.shared, out.time_ms = update.changes, update.conflicts, update.shared, time_ms
 
 
 def _union(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
@@ -177,7 +184,7 @@ def _absorb(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     previous = {i: theirs[i] for i in msg["own"] if i in theirs}
     before = {**g.person, **previous}
     update = g.join(msg["g"], previous)
-    out.changes, out.conflicts = update.changes, update.conflicts
+    _report(out, update)
     own = {*record["own"], *msg["own"]}
     # the absorbed identifiers learn their new root even where their person stays the same
     _assign(out, g, own, {i: p for i, p in before.items() if i not in msg["own"]})
@@ -190,7 +197,7 @@ def _shared(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
         return
     before = dict(g.person)
     update = g.flag_shared(msg["ids"])
-    out.changes, out.conflicts = update.changes, update.conflicts
+    _report(out, update)
     _assign(out, g, record["own"], before)
     out.write = {"g": g.to_json(), "own": record["own"]}
 
@@ -233,3 +240,33 @@ def person_of_identifier(records: Mapping[str, Record], ident: str, rules: Rules
     if g.shared(ident):
         return person_id_for(ident)
     return g.person.get(ident)
+
+
+def change_records(step: Step, now_ms: int) -> list[dict[str, Any]]:
+    """What ``step`` changed, as identity-change records (``IdentityChange`` v2, resolver
+    ``graph``): merges and splits of persons, conflicts (a link refused by the rules) and
+    identifiers found to be shared. A record's id depends on what changed, not on when or
+    where it was found, so the same change found again (a replay, or a second root
+    learning the same shared identifier) is one row downstream. The time is the event's
+    that caused it where there is one, else ``now_ms``."""
+    when = step.time_ms or now_ms
+    out = []
+    for c in step.changes:
+        out.append(_change(c.kind, c.from_person, list(c.into), c.reason, [], list(c.evidence), when))
+    for k in step.conflicts:
+        out.append(_change("conflict", k.persons[0], [k.persons[1]], k.reason, [k.a, k.b], list(k.evidence), when))
+    for ident in step.shared:
+        out.append(_change("shared", person_id_for(ident), [], "linked with more distinct anchors than the "
+                           "shared threshold: stops linking", [ident], [], when))
+    return out
+
+
+def _change(kind: str, from_person: str, into: list[str], reason: str, identifiers: list[str],
+            evidence: list[str], when: int) -> dict[str, Any]:
+    what = "|".join([kind, from_person, ",".join(into), ",".join(identifiers)])
+    return {
+        "change_id": hashlib.blake2b(what.encode(), digest_size=16).hexdigest(), "kind": kind,
+        "from_person": from_person, "into_person": into[0] if into else "", "into_persons": into,
+        "reason": reason, "identifiers": identifiers, "evidence_event_id": evidence[0] if evidence else "",
+        "evidence_event_ids": evidence, "event_time_ms": int(when), "resolver": "graph",
+    }

@@ -69,7 +69,7 @@ def enriched_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
 def change_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
     return [
         r["change_id"], r["kind"], r["from_person"], r["into_person"], r["reason"], r["identifiers"],
-        r["evidence_event_id"], _ts(r["event_time_ms"]),
+        r["evidence_event_id"], _ts(r["event_time_ms"]), r["into_persons"], r["evidence_event_ids"], r["resolver"],
     ]
 
 
@@ -182,7 +182,7 @@ TABLES: dict[TopicSpec, Table] = {
         time_column="event_time"),
     IDENTITY_CHANGES: Table("identity_changes", [
         "change_id", "kind", "from_person", "into_person", "reason", "identifiers", "evidence_event_id",
-        "event_time"], change_row, "change_id"),
+        "event_time", "into_persons", "evidence_event_ids", "resolver"], change_row, "change_id"),
     IDENTITY_ASSIGNMENTS: Table("identity_assignments", [
         "identifier", "person_id", "member_id", "root", "version", "is_deleted"], assignment_row, "identifier",
         insert_once=False, tombstone=_assignment_tombstone),
