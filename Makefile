@@ -51,12 +51,26 @@ $(DEBIAN_TOOLS):
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $@; }
 	@$@ --version 2>/dev/null | head -1
 
+# Data sets the tests read, written by others: the CDNOW sample of the BG/NBD paper and its
+# published (x, t_x, T) summary, as shipped in the lifetimes wheel on PyPI (only the files
+# are used; lifetimes is not installed).
+LIFETIMES_VERSION := 0.11.3
+DATASETS := var/datasets
+CDNOW := $(DATASETS)/CDNOW_sample.txt
+.PHONY: datasets
+datasets: $(CDNOW) ## fetch the data sets the tests read into var/datasets/ (CDNOW, from PyPI)
+$(CDNOW): | $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary :all: lifetimes==$(LIFETIMES_VERSION) -d $(DATASETS)
+	$(BIN)/python -c 'import sys, zipfile; from pathlib import Path; d = Path(sys.argv[1]); \
+	  [w] = d.glob("*ifetimes-$(LIFETIMES_VERSION)-*.whl"); z = zipfile.ZipFile(w); \
+	  [(d / n).write_bytes(z.read("lifetimes/datasets/" + n)) for n in ("cdnow_customers_summary.csv", "CDNOW_sample.txt")]' $(DATASETS)
+
 .PHONY: test
-test: $(STAMP) $(DEBIAN_TOOLS) ## run the whole test suite (unit, property, end-to-end on the embedded stack)
+test: $(STAMP) $(DEBIAN_TOOLS) $(CDNOW) ## run the whole test suite (unit, property, end-to-end on the embedded stack)
 	$(BIN)/python -m pytest -q
 
 .PHONY: test-fast
-test-fast: $(STAMP) ## pure-core tests only (no broker, no workers)
+test-fast: $(STAMP) $(CDNOW) ## pure-core tests only (no broker, no workers)
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 .PHONY: lint
