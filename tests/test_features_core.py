@@ -338,6 +338,8 @@ def test_consent_latest_by_event_time_wins() -> None:
     assert features(tie)["consent"] == features(tie[::-1])["consent"] == {"marketing": {"email": False}}
     profiling = features([consent("p", NOW, "wechat", True, "profiling")])["consent"]
     assert profiling == {"profiling": {"wechat": True}}
+    unknown = [consent("x", NOW, "fax", True), enriched(touchpoint("y", "consent_given", NOW))]  # no properties
+    assert features(unknown)["consent"] == {}
 
 
 def test_reachable_and_preferred_channel() -> None:

@@ -193,9 +193,9 @@ def apply(state: State, enriched: Mapping[str, Any], cfg: FeatureSettings = DEFA
         paths = [line.get("category") for line in p.get("products") or ()] if ordered else []
     interest.add(state["interest"], [c for c in paths if c], t, cfg)
     if kind in ("consent_given", "consent_withdrawn"):
-        if p["consent_channel"] in segments.CONSENT_CHANNELS and p["purpose"] in segments.PURPOSES:
-            _state_consent(state["consent"], f"{p['consent_channel']}:{p['purpose']}",
-                           [t, eid, kind == "consent_given"])
+        about, purpose = p.get("consent_channel"), p.get("purpose")
+        if about in segments.CONSENT_CHANNELS and purpose in segments.PURPOSES:  # else not one we act on
+            _state_consent(state["consent"], f"{about}:{purpose}", [t, eid, kind == "consent_given"])
     elif kind in ("wechat_followed", "wechat_unfollowed"):
         state["follow"] = _later(state["follow"], [t, eid, kind == "wechat_followed"])
     elif kind in ("message_opened", "message_clicked") and p.get("message_channel") in segments.CONTACT_CHANNELS:
