@@ -59,6 +59,7 @@ def test_the_published_schema_is_valid_and_names_the_codes_event_types_and_chann
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(schema["$defs"]["events"]["items"]["enum"]) == EVENT_TYPES
     assert tuple(schema["properties"]["channels"]["items"]["enum"]) == CHANNELS
+    assert schema["$defs"]["duration"]["pattern"] == f"^{expr.DURATION_RE.pattern}$"
 
 
 def test_cart_abandon_waits_per_cart_and_is_cancelled_by_its_checkout_or_any_order(
@@ -287,6 +288,7 @@ def test_expressions_evaluate(source: str, value: bool | None) -> None:
     ("features.p_alive and true", 1, "'and' needs bool, not number"),
     ("not features.lifecycle", 5, "'not' needs bool, not string"),
     ("features.p_alive + 1", 18, "needs bool, but this is number"),
+    ("not " * 5000 + "true", 1, "nested too deeply"),
 ])
 def test_expression_errors_name_the_problem_and_column(source: str, column: int, message: str) -> None:
     with pytest.raises(expr.ExprError) as raised:
@@ -302,6 +304,18 @@ def test_a_value_of_the_wrong_type_at_run_time_reads_as_unknown() -> None:
     e = expr.compile("features.lifecycle in features.cities", declared, expr.BOOL)
     assert e({"features": {"lifecycle": "new", "cities": ["new"]}}) is True
     assert e({"features": {"lifecycle": "new", "cities": "new"}}) is None
+
+
+PIECES = ["event.channel", "features.p_alive", "features.lifecycle", "now", "calendar.starts_in", "3d", "-", "+",
+          "0.5", "'web'", "==", "<", "in", "not", "and", "or", "(", ")", "[", "]", ",", "null", "true", "1.5x"]
+
+
+@given(st.one_of(st.text(max_size=40), st.lists(st.sampled_from(PIECES), max_size=12).map(" ".join)))
+def test_any_text_compiles_or_is_an_expression_error(source: str) -> None:
+    try:
+        expr.compile(source, ROOTS)
+    except expr.ExprError as exc:
+        assert 0 <= exc.pos <= len(source)
 
 
 @given(st.integers(min_value=0, max_value=10**12))

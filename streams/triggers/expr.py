@@ -64,7 +64,7 @@ class MapOf:
     value: Type
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False)  # compared by identity: its field mapping is not hashable
 class Record:
     name: str
     fields: Mapping[str, Type]
@@ -94,7 +94,7 @@ class ExprError(ValueError):
 # ---------------------------------------------------------------------------- durations
 
 UNITS_MS = {"w": 604_800_000, "d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
-DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+DURATION_RE = re.compile(r"([0-9]+)(ms|s|m|h|d|w)")
 
 
 def parse_duration(text: str) -> int:
@@ -205,12 +205,12 @@ def _sub(node: Node) -> str:
 KEYWORDS = frozenset({"and", "or", "not", "in", "true", "false", "null"})
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
-  | (?P<duration>\d+(?:ms|s|m|h|d|w)(?![A-Za-z0-9_]))
-  | (?P<number>\d+(?:\.\d+)?(?![A-Za-z0-9_.]))
+  | (?P<duration>[0-9]+(?:ms|s|m|h|d|w)(?![A-Za-z0-9_]))
+  | (?P<number>[0-9]+(?:\.[0-9]+)?(?![A-Za-z0-9_.]))
   | (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
   | (?P<op>==|!=|<=|>=|[<>()\[\],+-])
-  | (?P<malformed>\d[\w.]*)
+  | (?P<malformed>[0-9][\w.]*)
 """, re.VERBOSE)
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
@@ -518,8 +518,11 @@ class Expr:
 
 def compile(source: str, roots: Mapping[str, Type], want: Type | None = None) -> Expr:
     """Parse and type-check ``source``; with ``want``, its type must be that."""
-    node = parse(source)
-    t = check(node, roots)
+    try:
+        node = parse(source)
+        t = check(node, roots)
+    except RecursionError:
+        raise ExprError("nested too deeply", 0) from None
     if want is not None and t != want:
         raise ExprError(f"needs {type_name(want)}, but this is {type_name(t)}", node.pos)
     return Expr(source, node, t)
