@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.features import profile
 from streams.touchpoint import record
 from streams.touchpoint.taxonomy import EVENT_TYPES
 from streams.triggers import expr
@@ -54,6 +55,21 @@ def test_the_declared_features_are_the_ones_the_builtins_use(builtins: dict[str,
     assert used == set(FEATURES)
 
 
+# Declared for the built-ins, not in the features snapshot yet: remove each as the features core publishes it.
+NOT_PUBLISHED_YET = {"interest_category", "city", "city_store", "city_store_opened_ms", "p_alive",
+                     "expected_purchases_30d", "next_purchase_ms"}
+
+
+def test_the_features_snapshot_publishes_the_declared_features() -> None:
+    tp = record.build("e1", "page_viewed", T0, "web", context={"city": "Shanghai"})
+    state = profile.apply(profile.empty("p-1"), {"person_id": "p-1", "member_id": None, "processed_at_ms": T0,
+                                                 "raw_partition": 0, "raw_offset": 0, "touchpoint": tp})
+    snapshot = profile.snapshot(state, T0)
+    assert set(FEATURES) - set(snapshot) == NOT_PUBLISHED_YET
+    touch = FEATURES["first_touch"][0]
+    assert isinstance(touch, expr.Record) and set(snapshot["first_touch"]) <= set(touch.fields)
+
+
 def test_the_published_schema_is_valid_and_names_the_codes_event_types_and_channels() -> None:
     schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -77,37 +93,37 @@ def test_cart_abandon_waits_per_cart_and_is_cancelled_by_its_checkout_or_any_ord
     assert not d.cancels(event("page_viewed"), "c1")
 
 
-SHIFTED = {"interest_shift": 0.72, "interest_shift_evidence": 8, "interest_category": "women/fashion"}
-BROWSER = {"orders_90d": 0, "sessions_14d": 4, "consultations_14d": 1, "minigames_14d": 2}
-DUE = {"next_purchase_at": T0 + DAY, "p_alive": 0.8, "expected_purchases_30d": 0.9}
-QUIET = {"revenue_365d": 5200.0, "days_since_last_order": 75, "p_alive": 0.4, "last_order_at": T0 - 75 * DAY}
-NEWCOMER = {"home_store_id": "S001", "store_visits_365d": 0, "acquisition_channel": "mini_program",
-            "lifecycle": "new", "city": "Shanghai"}
+SHIFTED = {"interest_shift": True, "interest_divergence": 0.37, "interest_category": "women/fashion"}
+BROWSER = {"browse_without_buying": True}
+DUE = {"next_purchase_ms": T0 + DAY, "p_alive": 0.8, "expected_purchases_30d": 0.9}
+QUIET = {"revenue_total": 5200.0, "days_since_last_order": 75, "p_alive": 0.4, "last_order_ms": T0 - 75 * DAY}
+NEWCOMER = {"city_store": "S001", "channels": {"mini_program": {"first_seen_ms": T0}},
+            "first_touch": {"channel": "mini_program", "entry": "kol"}, "lifecycle": "new", "city": "Shanghai"}
 WARMUP = T0 - 5 * DAY  # 2026-10-27: Double 11 warm-up, sale in 4 days
 
 
 @pytest.mark.parametrize("rule, kind, features, now, fires", [
     ("interest_shift", "product_viewed", SHIFTED, T0, True),
-    ("interest_shift", "product_viewed", {**SHIFTED, "interest_shift_evidence": 2}, T0, False),
+    ("interest_shift", "product_viewed", {**SHIFTED, "interest_shift": False}, T0, False),
     ("interest_shift", "product_viewed", {}, T0, False),  # no features yet: unknown, not fired
     ("interest_shift", "order_completed", SHIFTED, T0, False),
     ("browse_without_buying", "page_viewed", BROWSER, WARMUP, True),
-    ("browse_without_buying", "page_viewed", {**BROWSER, "orders_90d": 1}, WARMUP, False),
-    ("browse_without_buying", "page_viewed", {**BROWSER, "sessions_14d": 1}, WARMUP, False),
+    ("browse_without_buying", "page_viewed", {"browse_without_buying": False}, WARMUP, False),
     ("browse_without_buying", "page_viewed", BROWSER, T0 - 40 * DAY, False),  # sale 40 days away
     ("browse_without_buying", "page_viewed", BROWSER, T0 + 2 * DAY, False),  # sale running
     ("repurchase_due", None, DUE, T0, True),
-    ("repurchase_due", None, {**DUE, "next_purchase_at": T0 + 5 * DAY}, T0, False),
+    ("repurchase_due", None, {**DUE, "next_purchase_ms": T0 + 5 * DAY}, T0, False),
     ("repurchase_due", None, {**DUE, "p_alive": 0.2}, T0, False),
     ("win_back", None, QUIET, T0, True),
-    ("win_back", None, {**QUIET, "revenue_365d": 300.0}, T0, False),
+    ("win_back", None, {**QUIET, "revenue_total": 300.0}, T0, False),
     ("win_back", None, {**QUIET, "days_since_last_order": 20}, T0, False),
     ("online_to_offline", None, NEWCOMER, T0, True),
     ("online_to_offline", None, {**NEWCOMER, "lifecycle": "active"}, T0, False),
-    ("online_to_offline", None, {**NEWCOMER, "lifecycle": "active", "home_store_opened_at": T0 - 3 * DAY}, T0,
+    ("online_to_offline", None, {**NEWCOMER, "lifecycle": "active", "city_store_opened_ms": T0 - 3 * DAY}, T0,
      True),
-    ("online_to_offline", None, {**NEWCOMER, "home_store_id": None}, T0, False),
-    ("online_to_offline", None, {**NEWCOMER, "acquisition_channel": "store_pos"}, T0, False),
+    ("online_to_offline", None, {**NEWCOMER, "city_store": None}, T0, False),
+    ("online_to_offline", None, {**NEWCOMER, "channels": {"store_pos": {"first_seen_ms": T0}}}, T0, False),
+    ("online_to_offline", None, {**NEWCOMER, "first_touch": {"channel": "store_pos"}}, T0, False),
 ])
 def test_builtin_conditions(builtins: dict[str, Definition], rule: str, kind: str | None,
                             features: dict[str, Any], now: int, fires: bool) -> None:
@@ -124,9 +140,9 @@ def test_builtin_conditions(builtins: dict[str, Definition], rule: str, kind: st
 def test_keys_payloads_and_evidence_of_builtins(builtins: dict[str, Definition]) -> None:
     shift = {"event": event("product_viewed"), "features": SHIFTED, "now": T0}
     assert builtins["interest_shift"].key_of(shift) == "women/fashion"
-    assert builtins["interest_shift"].payload_of(shift) == {"category": "women/fashion", "shift": "0.72"}
+    assert builtins["interest_shift"].payload_of(shift) == {"category": "women/fashion", "divergence": "0.37"}
     assert builtins["interest_shift"].evidence(shift) == {
-        "features.interest_shift": "0.72", "features.interest_shift_evidence": "8"}
+        "features.interest_shift": "true", "features.interest_category": "women/fashion"}
     browse = {"event": event("page_viewed"), "features": BROWSER, "calendar": calendar_now([DOUBLE11], WARMUP)}
     assert builtins["browse_without_buying"].key_of(browse) == "double11"
     store = {"features": NEWCOMER, "now": T0}
@@ -233,7 +249,7 @@ def test_a_new_trigger_is_a_new_file_and_a_name_is_defined_once(tmp_path: Path) 
 ROOTS = roots(with_event=True)
 CTX = {
     "event": event("order_completed", T0, order_id="o1", revenue=420.0, products=[{"product_id": "P1"}]),
-    "features": {"lifecycle": "active", "p_alive": 0.7, "last_order_at": T0 - 40 * DAY, "orders_90d": 2},
+    "features": {"lifecycle": "active", "p_alive": 0.7, "last_order_ms": T0 - 40 * DAY, "days_since_last_order": 2},
     "now": T0,
 }
 
@@ -243,10 +259,10 @@ CTX = {
     ("event.type == 'order_completed' and event.channel in ['web', 'app']", True),
     ("event.channel not in [\"web\"]", False),
     ("features.lifecycle != 'new' or features.p_alive < 0.1", True),
-    ("not (features.orders_90d > 1)", False),
-    ("now - features.last_order_at >= 30d", True),
-    ("features.last_order_at + 40d == now", True),
-    ("features.orders_90d + 1 == 3 and -1 < features.orders_90d", True),
+    ("not (features.days_since_last_order > 1)", False),
+    ("now - features.last_order_ms >= 30d", True),
+    ("features.last_order_ms + 40d == now", True),
+    ("features.days_since_last_order + 1 == 3 and -1 < features.days_since_last_order", True),
     ("1d + 12h == 36h and 90s == 1500ms + 88500ms", True),
     ("'it\\'s' == \"it's\"", True),
     ("features.city == null and event.context == null", True),
@@ -257,7 +273,7 @@ CTX = {
     ("features.city == 'Shanghai' and features.p_alive > 0.9", False),
     ("features.city == 'Shanghai' or features.p_alive > 0.5", True),
     ("features.city in ['Shanghai']", None),
-    ("features.home_store_opened_at >= now - 30d", None),
+    ("features.city_store_opened_ms >= now - 30d", None),
 ])
 def test_expressions_evaluate(source: str, value: bool | None) -> None:
     assert expr.compile(source, ROOTS, expr.BOOL)(CTX) is value

@@ -4,9 +4,10 @@
   current Touchpoint contract (``schemas/com.touchline.touchpoint.*.avsc``),
   so ``event.properties.cart.cart_id`` is checked against the schema. Longs
   named ``*_time_ms`` are times.
-- ``features``: the person's feature snapshot. ``FEATURES`` is the one list
-  of the features triggers may use, with their types; the features core must
-  publish each of them under that name (a test can hold the two together).
+- ``features``: the person's feature snapshot (``streams/features/profile.py``).
+  ``FEATURES`` is the one list of the features triggers may use, with their
+  types; tests/test_trigger_defs.py compares it with a real snapshot and
+  names the ones the features core does not publish yet.
 - ``calendar``: the campaign calendar as seen now (``calendar_now``): the next
   campaign that has not ended, its phase and how long until its sale starts.
 - ``now``: the time the condition is evaluated (stream time), a time.
@@ -23,27 +24,30 @@ from streams.reference.view import CHINA, campaign_phase, day_of
 from streams.touchpoint.record import NS, named_schemas
 from streams.triggers.expr import BOOL, DURATION, NUMBER, STRING, TIME, ListOf, MapOf, Record, Type
 
-# name -> (type, meaning). Times are epoch milliseconds, durations milliseconds.
+_TOUCH = Record("touch", {"at_ms": TIME, "entry": STRING, "channel": STRING, "campaign": STRING, "source": STRING,
+                          "medium": STRING, "search_keyword": STRING, "kol_post_id": STRING, "partner": STRING,
+                          "store_id": STRING})
+_SEEN = Record("seen", {"first_seen_ms": TIME, "last_seen_ms": TIME})
+
+# name -> (type, meaning), as the features snapshot (streams/features/profile.py) publishes them.
+# Times are epoch milliseconds, durations milliseconds.
 FEATURES: dict[str, tuple[Type, str]] = {
     "lifecycle": (STRING, "new | active | at_risk | lapsed"),
-    "acquisition_channel": (STRING, "touchpoint channel of the person's first touch"),
-    "city": (STRING, "the person's city, as touchpoint contexts and the store table spell it"),
-    "home_store_id": (STRING, "an open store in the person's city (the nearest), else null"),
-    "home_store_opened_at": (TIME, "when that store opened"),
-    "store_visits_365d": (NUMBER, "store visits in the last 365 days"),
-    "sessions_14d": (NUMBER, "sessions in the last 14 days"),
-    "consultations_14d": (NUMBER, "shopping-guide chats and customer-service consultations, 14 days"),
-    "minigames_14d": (NUMBER, "points mini-games played, 14 days"),
-    "orders_90d": (NUMBER, "orders placed in the last 90 days"),
-    "revenue_365d": (NUMBER, "revenue of the last 365 days"),
-    "last_order_at": (TIME, "when the person last ordered"),
-    "days_since_last_order": (NUMBER, "whole days since the last order"),
-    "interest_shift": (NUMBER, "divergence of short-term from long-term category interest, 0..1"),
-    "interest_shift_evidence": (NUMBER, "events behind the short-term interest"),
+    "browse_without_buying": (BOOL, "visits, consults and plays for points, but no order lately"),
+    "interest_shift": (BOOL, "short-term category interest moved from the long-term one, on enough evidence"),
+    "interest_divergence": (NUMBER, "how far it moved (Jensen-Shannon divergence)"),
     "interest_category": (STRING, "the category the short-term interest moved to"),
+    "days_since_last_order": (NUMBER, "whole days since the last order"),
+    "last_order_ms": (TIME, "when the person last ordered"),
+    "revenue_total": (NUMBER, "revenue of all the person's orders"),
+    "first_touch": (_TOUCH, "how the person first came in: channel, entry, campaign..."),
+    "channels": (MapOf(_SEEN), "touchpoint channel -> first and last seen there"),
+    "city": (STRING, "the person's city, as touchpoint contexts and the store table spell it"),
+    "city_store": (STRING, "an open store in the person's city (the nearest), else null"),
+    "city_store_opened_ms": (TIME, "when that store opened"),
     "p_alive": (NUMBER, "probability the person is still a customer (BG/NBD)"),
     "expected_purchases_30d": (NUMBER, "expected purchases in the next 30 days (BG/NBD)"),
-    "next_purchase_at": (TIME, "when the person's own rhythm or the purchase model puts the next purchase"),
+    "next_purchase_ms": (TIME, "when the person's own rhythm or the purchase model puts the next purchase"),
 }
 
 CALENDAR: dict[str, tuple[Type, str]] = {
