@@ -62,9 +62,12 @@ def test_trigger_ids_are_the_ones_cart_abandon_publishes() -> None:
     assert trigger_id("cart_abandon", "c1", "p-1") == cart_abandon.trigger_id("cart_abandon", "c1", "p-1")
 
 
-def test_the_preference_order_is_configurable() -> None:
+def test_the_persons_preferred_channel_goes_first_then_the_configured_order() -> None:
     sms_first = Policy(preference=("sms", "email", "wechat_oa", "mini_program", "app_push", "store_guide"))
     assert one(Candidate(CART, "c1"), policy=sms_first).channel == "sms"
+    engaged_by_email = Recipient("p-1", "M1", consent=ALL_CONSENT, reach=MEMBER.reach, preferred="email")
+    assert one(Candidate(SHIFT, "women"), engaged_by_email).channel == "email"
+    assert one(Candidate(CART, "c1"), engaged_by_email).channel == "wechat_oa"  # email is not a cart channel
     with pytest.raises(ValueError, match="preference"):
         Policy(preference=("sms", "email"))
     with pytest.raises(ValueError, match="caps"):
@@ -233,6 +236,7 @@ def test_quiet_hours_defer_rather_than_drop(offset: int, zone: str | None) -> No
     now = T0 + offset
     d = one(Candidate(CART, "c1"), who, now=now)
     if d.outcome == DEFERRED:
-        assert d.until_ms is not None and now < d.until_ms <= now + 12 * HOUR
+        # 12 quiet hours, 13 on the night clocks go back
+        assert d.until_ms is not None and now < d.until_ms <= now + 13 * HOUR
         d = one(Candidate(CART, "c1"), who, now=d.until_ms)
     assert d.outcome == FIRE

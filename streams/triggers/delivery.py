@@ -27,9 +27,10 @@ names the reason:
    ``in_holdout``). A held-out trigger is recorded like a sent one for
    duplicates and the suppression window, but uses no cap, so the hold-out is
    drawn from exactly the persons who would have been sent it.
-10. Otherwise ``fire`` on the best channel: the first of ``Policy.preference``
-    that the rule allows, reaches the person and has consent. One channel,
-    never several.
+10. Otherwise ``fire`` on the best channel: the first that the rule allows,
+    reaches the person and has consent, taking the person's preferred contact
+    channel (the one they engage with most) first, then ``Policy.preference``.
+    One channel, never several.
 
 The recipient handle is set only where it is not personal data: the WeChat
 openid for the official account and the mini-program. For SMS, email, app
@@ -105,10 +106,11 @@ class Recipient:
     person_id: str
     member_id: str | None = None
     identifiers: tuple[str, ...] = ()  # "type:value", as the identity graph writes them
-    consent: Mapping[str, bool] = field(default_factory=dict)  # consent channel -> given
+    consent: Mapping[str, bool] = field(default_factory=dict)  # consent channel -> given (marketing)
     # channel -> its handle (the openid of that official account / mini-program), or None
     reach: Mapping[str, str | None] = field(default_factory=dict)
     timezone: str | None = None  # IANA name; None or unknown: Policy.timezone
+    preferred: str | None = None  # consent channel whose messages the person engages with most
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,8 @@ def _decide_one(c: Candidate, who: Recipient, state: dict[str, Any], now_ms: int
         return decision(SUPPRESSED, reason="historical")
     if state["suppressed_until"].get(rule, now_ms) > now_ms:
         return decision(SUPPRESSED, reason="suppression_window")
-    reachable = [ch for ch in policy.preference if ch in c.terms.channels and ch in who.reach
+    order = sorted(policy.preference, key=lambda ch: CONSENT_OF[ch] != who.preferred)
+    reachable = [ch for ch in order if ch in c.terms.channels and ch in who.reach
                  and (ch not in MEMBER_LOOKUP or who.member_id)]
     if not reachable:
         return decision(SUPPRESSED, reason="unreachable")
