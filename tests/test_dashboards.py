@@ -438,12 +438,16 @@ EXPECTED: dict[tuple[str, int], dict[str, tuple[list[str], list[list[Any]]]]] = 
 
 
 def _panels() -> list[tuple[Path, Panel]]:
-    return [(path, p) for path in dashboards() for p in clickhouse_panels(path)]
+    return [(path, p) for path in dashboards() for p in clickhouse_panels(path) if p.dashboard_uid in DASHBOARD_UIDS]
 
 
 def test_every_clickhouse_panel_has_an_expectation_for_every_range() -> None:
+    from tests import test_identity_dashboard
+
+    # every dashboard's panels are checked: these two here, the Identity one with its own journeys
+    assert {p.dashboard_uid for path in dashboards() for p in clickhouse_panels(path)} == {
+        *DASHBOARD_UIDS, test_identity_dashboard.UID}
     panels = _panels()
-    assert {p.dashboard_uid for _, p in panels} == set(DASHBOARD_UIDS)
     keys = [(p.dashboard_uid, p.panel_id) for _, p in panels]
     assert len(keys) == len(set(keys)), "one ClickHouse query per panel"
     assert set(keys) == set(EXPECTED), (sorted(set(keys) - set(EXPECTED)), sorted(set(EXPECTED) - set(keys)))

@@ -67,7 +67,7 @@ class Network:
             for r in out.resolved:
                 self.resolved.setdefault(r.event_id, []).append(r.person_id)
             self.changes += out.changes
-            self.published.update((r["change_id"], r) for r in shards.change_records(out, now_ms=1))
+            self.published.update((r["change_id"], r) for r in shards.change_records(out, now_ms=0))
             self.steps += 1
             assert self.steps < limit, "the protocol does not settle"
             if self.rnd.random() < self.crash:  # crash after sending, before writing
@@ -135,7 +135,7 @@ def check_change_records(net: Network, events: list[dict[str, Any]]) -> None:
             refused.add((x, y))
     assert refused <= conflicts
     for r in records:
-        assert r["resolver"] == "graph" and r["event_time_ms"] > 0
+        assert r["resolver"] == "graph" and r["event_time_ms"] >= T0  # dated by an event
         if r["kind"] == "merge":
             assert r["into_persons"] == [r["into_person"]] != [r["from_person"]] and r["evidence_event_ids"]
         elif r["kind"] == "split":

@@ -22,7 +22,9 @@ Roots join by the stronger key (``Rules.rank``, then value): the weaker root
 sends its whole graph to the stronger (``absorb``) and becomes a pointer to it;
 if the weaker is the asking side, it is told to ``yield``. Pointers only ever
 point to stronger keys, so they never form a cycle, and joins are monotone: a
-group never comes apart, its clustering into persons does (splits).
+group never comes apart, its clustering into persons does (splits). The
+messages of a join carry ``t``, the time of the event that started it, so a
+change a join makes is dated by that event.
 
 Shared identifiers (a store kiosk) would glue many people into one group. Once
 a root knows an identifier is shared it stops joining through it: a ``union``
@@ -86,7 +88,7 @@ class Step:
     changes: list[Change] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     shared: list[str] = field(default_factory=list)  # identifiers found to be shared here
-    time_ms: int = 0  # the event time behind an event step's changes (0: not an event step)
+    time_ms: int = 0  # the time of the event behind this step's changes (0: not known)
 
 
 def event_message(event_id: str, event_time_ms: int, ids: list[str]) -> Msg:
@@ -107,7 +109,7 @@ def step(record: Record | None, msg: Msg, rules: Rules) -> Step:
         raise ValueError("assign messages are for assign_step, with the identifier's assignment record")
     if record is not None and "p" in record:  # not a root: pass it on towards the root
         if kind == "yield":  # this root was absorbed meanwhile: join what it became instead
-            out.sends.append({"k": "union", "to": msg["into"], "y": None, "root": record["p"]})
+            out.sends.append({"k": "union", "to": msg["into"], "y": None, "root": record["p"], "t": msg.get("t", 0)})
         else:
             out.sends.append({**msg, "to": record["p"]})
         return out
@@ -141,7 +143,7 @@ def _event(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     own = {*record["own"], ids[i]}
     for y in rest[1:]:
         if y not in own and not g.shared(y):
-            out.sends.append({"k": "union", "to": y, "y": y, "root": out.key})
+            out.sends.append({"k": "union", "to": y, "y": y, "root": out.key, "t": msg["first"][0]})
     out.resolved.append(Resolved(msg["first"][1], update.person_id, g.members().get(update.person_id)))
     _report(out, update, msg["first"][0])
     _assign(out, g, own, before)
@@ -155,7 +157,7 @@ def _report(out: Step, update: Update, time_ms: int = 0) -> None:
 def _union(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     """Join the group of ``msg["y"]`` (whose pointers led to this root, so it is ours) with the
     group at ``msg["root"]``; ``y`` None: a join between two roots, nothing to check."""
-    asker, y = msg["root"], msg["y"]
+    asker, y, t = msg["root"], msg["y"], msg.get("t", 0)
     own = set(record["own"])
     g = None if y is None else Graph.from_json(record["g"], rules)
     if g is not None and y not in own:
@@ -165,16 +167,16 @@ def _union(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     if asker == out.key:
         return
     if g is not None and g.shared(y):  # no joining through a shared identifier
-        out.sends.append({"k": "shared", "to": asker, "ids": [y]})
+        out.sends.append({"k": "shared", "to": asker, "ids": [y], "t": t})
     elif stronger(out.key, asker, rules):
-        out.sends.append({"k": "yield", "to": asker, "into": out.key})
+        out.sends.append({"k": "yield", "to": asker, "into": out.key, "t": t})
     else:
-        out.sends.append({"k": "absorb", "to": asker, "g": record["g"], "own": sorted(own)})
+        out.sends.append({"k": "absorb", "to": asker, "g": record["g"], "own": sorted(own), "t": t})
         out.write = {"p": asker}
 
 
 def _yield(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
-    out.sends.append({"k": "absorb", "to": msg["into"], "g": record["g"], "own": record["own"]})
+    out.sends.append({"k": "absorb", "to": msg["into"], "g": record["g"], "own": record["own"], "t": msg.get("t", 0)})
     out.write = {"p": msg["into"]}
 
 
@@ -184,7 +186,7 @@ def _absorb(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     previous = {i: theirs[i] for i in msg["own"] if i in theirs}
     before = {**g.person, **previous}
     update = g.join(msg["g"], previous)
-    _report(out, update)
+    _report(out, update, msg.get("t", 0))
     own = {*record["own"], *msg["own"]}
     # the absorbed identifiers learn their new root even where their person stays the same
     _assign(out, g, own, {i: p for i, p in before.items() if i not in msg["own"]})
@@ -197,7 +199,7 @@ def _shared(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
         return
     before = dict(g.person)
     update = g.flag_shared(msg["ids"])
-    _report(out, update)
+    _report(out, update, msg.get("t", 0))
     _assign(out, g, record["own"], before)
     out.write = {"g": g.to_json(), "own": record["own"]}
 
