@@ -17,6 +17,10 @@ Same machine, same generated data, same embedded broker for every figure:
   (Faust's consumer, producer, changelogs and scheduling, librdkafka's
   threads): "faust and the rest". The stages run together, so this is where
   the whole pipeline's CPU goes, not each stage on a machine of its own.
+- identity resolution alone: the sharded identity graph's protocol (pure
+  core) over the same events in this process, partitions as in-memory queues
+  of JSON messages: events per CPU-second of resolving identity, without
+  Kafka or Faust around it.
 - state bytes per person (the person-keyed tables) and per identifier (the
   identity links), from the workers' own state samples after the run.
 
@@ -40,6 +44,7 @@ import platform
 import resource
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +53,8 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from streams import avro
+from streams.identity import shards
+from streams.identity.graph import identifiers_of
 from streams.kafka.broker import EmbeddedBroker, free_port
 from streams.kafka.clients import create_topics
 from streams.pipeline import STATE_INTERVAL_S
@@ -55,7 +62,7 @@ from streams.processes import Child, Supervisor, metrics_lines, scrape_total
 from streams.settings import Settings
 from streams.simulate.producer import produce, send_clock_ticks
 from streams.simulate.traffic import SimConfig, generate
-from streams.topics import RAW
+from streams.topics import RAW, partition_for
 
 _TICK = os.sysconf("SC_CLK_TCK")
 IDLE_CORES = 0.15  # below this the worker and sink processes have nothing left to process
@@ -192,6 +199,44 @@ def _state(workers: list[Child]) -> dict[str, Any]:
     }
 
 
+def identity_alone(settings: Settings, traffic: Any) -> dict[str, float]:
+    """The sharded identity graph's protocol alone (streams/identity/shards.py), in this process:
+    every valid event of the traffic placed by its message, each of ``settings.partitions``
+    partitions a FIFO queue of JSON messages handled in turn, until no message is left. What the
+    identity-graph agent adds on top (Kafka, Faust, changelogs) is not counted."""
+    rules, n = settings.identity_rules(), settings.partitions
+    touchpoints = [avro.decode(r.value)[1] for r in traffic.records if r.kind in ("event", "late")]
+    queues: list[deque[str]] = [deque() for _ in range(n)]
+    records: dict[str, Any] = {}
+    assigned: dict[str, Any] = {}
+    before, messages = time.process_time(), 0
+    for tp in touchpoints:
+        ids = identifiers_of(tp, rules)
+        if ids:
+            queues[partition_for(ids[0], n)].append(
+                json.dumps(shards.event_message(tp["event_id"], tp["event_time_ms"], ids)))
+    while any(queues):
+        for queue in queues:
+            for _ in range(len(queue)):
+                msg = json.loads(queue.popleft())
+                messages += 1
+                key = msg["to"]
+                if msg["k"] == "assign":
+                    new = shards.assign_step(assigned.get(key), msg, rules)
+                    if new is not None:
+                        assigned[key] = new
+                    continue
+                step = shards.step(records.get(key), msg, rules)
+                for m in step.sends:
+                    queues[partition_for(m["to"], n)].append(json.dumps(m))
+                if step.write is not None:
+                    records[key] = step.write
+    cpu = time.process_time() - before
+    return {"events": len(touchpoints), "cpu_s": cpu, "events_per_cpu_s": len(touchpoints) / cpu,
+            "messages": messages, "identifiers": len(assigned),
+            "persons": len({a["person"] for a in assigned.values()}), "partitions": n}
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"n": 0}
@@ -251,6 +296,7 @@ def bench(events: int, out_path: Path) -> dict[str, Any]:
         create_topics(s)
         produce(s, traffic)
         result["ceiling"] = ceiling(s, traffic.truth.records_sent)
+        result["identity_alone"] = identity_alone(base, traffic)
         result["pipeline_1w"] = pipeline(base, broker, traffic, 1, run_dir)
         result["pipeline_2w"] = pipeline(base, broker, traffic, 2, run_dir)
         half = result["pipeline_2w"]["events_per_wall_s"] / 2
@@ -263,6 +309,11 @@ def bench(events: int, out_path: Path) -> dict[str, Any]:
     for label, r in (("whole pipeline, 1 worker + sink", p1), ("whole pipeline, 2 workers + sink", p2)):
         print(f"  {label:38} {r['events_per_cpu_s']:>13,.0f} {r['events_per_cpu_s'] / c:>7.3f} "
               f"{r['events_per_wall_s']:>16,.0f}")
+    ia = result["identity_alone"]
+    print(f"  {'identity resolution alone (graph core)':38} {ia['events_per_cpu_s']:>13,.0f} "
+          f"{ia['events_per_cpu_s'] / c:>7.3f} {'':>16}")
+    print(f"    ({ia['partitions']} partitions in one process, {ia['messages']:,} messages, "
+          f"{ia['identifiers']:,} identifiers into {ia['persons']:,} persons)")
     print(f"\n  2 workers / 1 worker throughput (wall): {p2['events_per_wall_s'] / p1['events_per_wall_s']:.2f}x")
     print("\n  each stage, within the 2-worker run: events / that stage's CPU seconds")
     print(f"  {'stage':38} {'events/CPU-s':>13} {'ratio':>7} {'CPU s':>8} {'share':>7}")
