@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from streams.features import fit_cli
 from streams.settings import Settings, SettingsError
 
 
@@ -416,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the dashboards' ClickHouse panels over the data's time range to FILE: one "
                         "self-contained HTML page (no network needed); exits 1 if a panel's query failed")
     p.set_defaults(func=cmd_report)
+    fit_cli.add_parser(sub)
     return parser
 
 
