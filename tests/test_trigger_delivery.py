@@ -27,6 +27,7 @@ from streams.triggers.delivery import (
     decide,
     empty_state,
     in_holdout,
+    merge_states,
     quiet_until,
     record_consent,
     stable_key,
@@ -240,3 +241,15 @@ def test_quiet_hours_defer_rather_than_drop(offset: int, zone: str | None) -> No
         assert d.until_ms is not None and now < d.until_ms <= now + 13 * HOUR
         d = one(Candidate(CART, "c1"), who, now=d.until_ms)
     assert d.outcome == FIRE
+
+
+def test_merged_delivery_states_count_every_send_and_keep_the_later_window() -> None:
+    a, b = empty_state(), empty_state()
+    assert one(Candidate(CART, "c1"), state=a).outcome == FIRE
+    assert one(Candidate(SHIFT, "women"), Recipient("p-2", "M2", consent=ALL_CONSENT, reach=MEMBER.reach),
+               state=b, now=NOON + HOUR).outcome == FIRE
+    merged = merge_states(a, b, POLICY)
+    assert merged["sent"] == [NOON, NOON + HOUR] and set(merged["decided"]) == set(a["decided"]) | set(b["decided"])
+    assert merged["suppressed_until"] == {"cart_abandon": NOON + 12 * HOUR, "interest_shift": NOON + HOUR + 7 * DAY_MS}
+    assert one(Candidate(SHIFT, "men"), state=merged, now=NOON + 2 * DAY_MS).reason == "suppression_window"
+    assert one(Candidate(CART, "c1"), state=merged, now=NOON + 2 * DAY_MS).reason == "duplicate"

@@ -148,6 +148,19 @@ def empty_state() -> dict[str, Any]:
     return {"sent": [], "suppressed_until": {}, "decided": []}
 
 
+def merge_states(survivor: Mapping[str, Any], merged: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    """Two persons' delivery states as one (an identity merge): every send counts against the
+    caps (the latest ``max(cap)`` kept), each rule's suppression window runs to the later end, and
+    the decided ids of both are kept (the survivor's last, so they outlive the merged person's)."""
+    most = max(n for _, n in policy.caps)
+    decided = [t for t in merged["decided"] if t not in survivor["decided"]] + list(survivor["decided"])
+    until = dict(survivor["suppressed_until"])
+    for rule, t in merged["suppressed_until"].items():
+        until[rule] = max(t, until.get(rule, t))
+    return {"sent": sorted([*survivor["sent"], *merged["sent"]])[-most:], "suppressed_until": until,
+            "decided": decided[-DECIDED_MEMORY:]}
+
+
 def record_consent(consent: Mapping[str, bool], channel: str, given: bool) -> dict[str, bool]:
     """Consent after a consent event; ``all`` replaces every channel's answer."""
     return {"all": given} if channel == "all" else {**consent, channel: given}
