@@ -55,8 +55,14 @@ QUIET_S = 1.5  # the end state must read the same twice this far apart
 
 # End-state sections read from ClickHouse (through the sink's query endpoint).
 CLICKHOUSE_SECTIONS: dict[str, str] = {
-    "features": "SELECT person_id, member_id, events, page_views, product_views, cart_adds, orders, "
-                "round(revenue, 2), first_seen, last_seen, arraySort(merged_from) "
+    # features that do not depend on the stream time a snapshot was taken at (as_of: when the batch
+    # holding the person's last event ran, which batching decides): lifetime figures, touches, the
+    # 90-day windows (day buckets; the traffic spans one day), home store, the segments
+    "features": "SELECT person_id, member_id, first_seen, last_seen, orders_total, round(revenue_total, 2), "
+                "first_order, last_order, page_views_90d, product_views_90d, searches_90d, cart_adds_90d, "
+                "orders_90d, consultations_90d, games_90d, sessions_90d, round(revenue_90d, 2), channels, "
+                "first_touch_entry, first_touch_channel, first_touch_campaign, last_touch_channel, referred_by, "
+                "home_store, home_guide, member_grid, browse_without_buying, lifecycle, reachable "
                 "FROM member_snapshots FINAL WHERE NOT is_deleted ORDER BY person_id",
     "sessions": "SELECT session_id, person_id, member_id, start_time, end_time, channel, events, page_views, "
                 "orders, round(revenue, 2), converted FROM sessions FINAL ORDER BY session_id",

@@ -143,7 +143,7 @@ TRIGGER_LATENCY_SECONDS = Histogram(
 PERSONS = Gauge(
     "touchline_persons",
     "Persons held in state per stage and partition (identity: route keys linked to a person; "
-    "features: persons with counters; triggers: persons with cart state)",
+    "features: persons with a profile; triggers: persons with cart state)",
     ["stage", "partition"],
 )
 STATE_BYTES = Gauge(

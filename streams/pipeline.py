@@ -106,7 +106,7 @@ async def deliver(sends: Sequence[tuple[Any, bytes | None, bytes | None, int | N
     """Send (topic, key, value, partition) records and wait until the broker holds every one.
 
     For outputs that a state write then records as done (a closed session, a fired trigger,
-    counters handed to a merge survivor): written with ``send_soon``, the state's changelog
+    features handed to a merge survivor): written with ``send_soon``, the state's changelog
     record could reach the broker while the output is still buffered, and a crash in between
     would lose the output for good (the redelivered batch finds the work done). Waiting first
     means a crash can only lose the state write, and the redelivered batch does the work again

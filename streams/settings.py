@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from streams.features.config import DEFAULTS as _FEATURES
+
 ENV_PREFIX = "TOUCHLINE_"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -64,6 +66,24 @@ class Settings:
     identity_limits: str = ""  # "phone=3,email=3": per type per person, over the defaults
     identity_shared_threshold: int = 2  # seen with more member ids than this: shared, links nothing
     identity_blocklist: str = ""  # "type:value,...": identifiers that never link, besides junk values
+    # Member features (streams/features/config.py FeatureSettings: each feature_X is its field X).
+    # The half-lives, interest_depth, max_categories and top_places shape the kept state: changing
+    # them takes effect for new events and does not rebuild what is kept.
+    feature_long_half_life_days: float = _FEATURES.long_half_life_days
+    feature_short_half_life_days: float = _FEATURES.short_half_life_days
+    feature_interest_depth: int = _FEATURES.interest_depth
+    feature_max_categories: int = _FEATURES.max_categories
+    feature_shift_threshold: float = _FEATURES.shift_threshold
+    feature_shift_min_events: float = _FEATURES.shift_min_events
+    feature_top_places: int = _FEATURES.top_places
+    feature_grid_window: str = _FEATURES.grid_window
+    feature_grid_high_orders: int = _FEATURES.grid_high_orders
+    feature_grid_high_aov: float = _FEATURES.grid_high_aov
+    feature_browse_window: str = _FEATURES.browse_window
+    feature_browse_min_engagements: int = _FEATURES.browse_min_engagements
+    feature_new_days: int = _FEATURES.new_days
+    feature_at_risk_days: int = _FEATURES.at_risk_days
+    feature_lapsed_days: int = _FEATURES.lapsed_days
     # Sink
     sink_batch_rows: int = 20000
     sink_flush_interval_s: float = 1.0
@@ -143,8 +163,18 @@ class Settings:
         except ValueError as exc:
             raise SettingsError(f"{ENV_PREFIX}IDENTITY_*: {exc}") from None
 
+    def feature_settings(self) -> Any:
+        """Member features' knobs (streams.features.config.FeatureSettings) from the TOUCHLINE_FEATURE_* settings."""
+        from streams.features.config import FeatureSettings
+
+        try:
+            return FeatureSettings(**{f.name: getattr(self, f"feature_{f.name}") for f in fields(FeatureSettings)})
+        except ValueError as exc:
+            raise SettingsError(f"{ENV_PREFIX}FEATURE_*: {exc}") from None
+
     def validate(self) -> None:
         self.identity_rules()
+        self.feature_settings()
         if self.clock not in ("wall", "manual"):
             raise SettingsError(f"{ENV_PREFIX}CLOCK must be 'wall' or 'manual', not {self.clock!r}")
         if self.partitions < 1:

@@ -1,6 +1,6 @@
 """Unit and property tests of the pure cores: no broker, no Faust, no ClickHouse.
 
-Identity links, feature counters, the cart-abandon trigger, ingest validation
+Identity links, the cart-abandon trigger, ingest validation
 and batching, clock ticks, dead-letter sealing, settings, and the sink's row
 builders and migrations. Each property is checked against a small reference
 model written independently of the code under test.
@@ -26,7 +26,6 @@ from streams import avro, topics
 from streams.clock import ManualClock
 from streams.deadletter import records as dl_records
 from streams.deadletter.sealing import Sealer
-from streams.features import counters
 from streams.identity.links import person_id_for, resolve
 from streams.ingest import control
 from streams.ingest.batcher import IngestBatcher, RawRecord
@@ -200,72 +199,6 @@ def test_resolution_follows_the_link_table_rule(journey: list[tuple[str, str | N
     links2: dict[str, dict[str, Any]] = {}
     assert [resolve(_journey_event(i, *ev), ev[0], links2).person_id
             for i, ev in enumerate(journey)] == [g[0] for g in got]
-
-
-# --------------------------------------------------------------------------- feature counters
-
-def _counted(kind: str, event_id: str, t: int, revenue: float | None = None) -> dict[str, Any]:
-    props = {"revenue": revenue} if revenue is not None else None
-    return enriched(touchpoint(event_id, kind, t, anonymous_id="c1", properties=props))
-
-
-def test_apply_event_counts_by_type() -> None:
-    s = counters.empty("p-1")
-    for i, kind in enumerate(["page_viewed", "screen_viewed", "product_viewed", "product_added", "login"]):
-        counters.apply_event(s, _counted(kind, f"e{i}", T0 + 10 - i))
-    counters.apply_event(s, _counted("order_completed", "o1", T0 + 50, revenue=12.5))
-    counters.apply_event(s, _counted("order_completed", "o2", T0 + 40))
-    assert (s["events"], s["page_views"], s["product_views"], s["cart_adds"], s["orders"]) == (7, 2, 1, 1, 2)
-    assert s["revenue"] == 12.5
-    assert (s["first_seen_ms"], s["last_seen_ms"]) == (T0 + 6, T0 + 50)
-    ev = _counted("login", "e9", T0)
-    ev["member_id"] = "M1"
-    counters.apply_event(s, ev)
-    assert s["member_id"] == "M1"
-
-
-event_kinds = st.sampled_from(["page_viewed", "product_viewed", "product_added", "order_completed", "custom"])
-counted_events = st.lists(
-    st.tuples(st.integers(0, 30), event_kinds, st.integers(1, 10_000), st.floats(0, 1000, allow_nan=False)),
-    max_size=30,
-)
-
-
-def _state(person: str, evs: list[tuple[int, str, int, float]]) -> dict[str, Any]:
-    s = counters.empty(person)
-    for i, kind, t, rev in evs:
-        counters.apply_event(s, _counted(kind, f"{person}-e{i}", T0 + t, rev))
-    return s
-
-
-@FAST
-@given(counted_events, counted_events)
-def test_absorb_adds_counts_once(a_evs: list[tuple[int, str, int, float]], b_evs: list[tuple[int, str, int, float]]) -> None:
-    a, b = _state("p-a", a_evs), _state("p-b", b_evs)
-    b["merged_from"] = ["p-old"]
-    before = {k: a[k] for k in ("events", "page_views", "product_views", "cart_adds", "orders", "revenue")}
-    assert counters.absorb(a, b)
-    for k, v in before.items():
-        assert a[k] == pytest.approx(v + b[k])
-    a0 = _state("p-a", a_evs)
-    firsts = [t for t in (a0["first_seen_ms"], b["first_seen_ms"]) if t]
-    assert a["first_seen_ms"] == (min(firsts) if firsts else 0)
-    assert a["last_seen_ms"] == max(a0["last_seen_ms"], b["last_seen_ms"])
-    assert {"p-b", "p-old"} <= set(a["merged_from"])
-    after = dict(a)
-    assert not counters.absorb(a, b)  # the same person again: no change
-    assert a == after
-
-
-def test_snapshot_has_exactly_the_member_features_fields() -> None:
-    s = _state("p-1", [(1, "order_completed", 5, 9.5), (2, "page_viewed", 3, 0.0)])
-    s["member_id"] = "M1"
-    s["src"] = {"0": 12}  # what streams/redelivery.py keeps: not a feature
-    snap = counters.snapshot(s)
-    fields = [f["name"] for f in avro.contract(avro.MEMBER_FEATURES).parsed["fields"]]
-    assert set(snap) == set(fields)
-    assert set(counters.empty("p-x")) == set(fields)
-    assert avro.decode_as(avro.MEMBER_FEATURES, avro.encode(avro.MEMBER_FEATURES, snap)) == snap
 
 
 # --------------------------------------------------------------------------- cart abandon

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import redelivery
-from streams.features import counters
+from streams.features import member, profile
 from streams.sessions import core as sessions
 from tests.conftest import T0, touchpoint
 
@@ -51,7 +51,7 @@ def _apply(state: dict[str, Any], b: dict[str, Any]) -> None:
     """What the features and sessions agents do with one person's ops in a batch."""
     if redelivery.claim(state["features"], b):
         for op in b["ops"]:
-            counters.apply_event(state["features"], op["event"])
+            profile.apply(state["features"]["profile"], op["event"])
     if redelivery.claim(state["sessions"], b):
         for op in b["ops"]:
             sessions.on_event(state["sessions"], op["event"], TIMEOUT)
@@ -83,14 +83,14 @@ def test_replaying_any_suffix_after_a_crash_counts_nothing_twice(
         batches.append(batch(source, offsets[source], events))
         offsets[source] += 1
 
-    once = {"features": counters.empty("p-1"), "sessions": sessions.empty("p-1", 0)}
+    once = {"features": member.empty("p-1", 0), "sessions": sessions.empty("p-1", 0)}
     for b in batches:
         _apply(once, b)
 
     # A crash after any prefix: the state as last written goes through the changelog, then
     # the uncommitted tail is delivered again (commits are per source, so a suffix of each).
     crash = data.draw(st.integers(0, len(batches)))
-    replayed = {"features": counters.empty("p-1"), "sessions": sessions.empty("p-1", 0)}
+    replayed = {"features": member.empty("p-1", 0), "sessions": sessions.empty("p-1", 0)}
     for b in batches[:crash]:
         _apply(replayed, b)
     replayed = json.loads(json.dumps(replayed))
@@ -100,5 +100,6 @@ def test_replaying_any_suffix_after_a_crash_counts_nothing_twice(
     for b in tail:
         _apply(replayed, b)
 
-    assert counters.snapshot(replayed["features"]) == counters.snapshot(once["features"])
+    now = T0 + 10**7
+    assert member.record(replayed["features"], now) == member.record(once["features"], now)
     assert replayed["sessions"]["open"] == once["sessions"]["open"]

@@ -1,1 +1,1 @@
-"""Member features: live per-person counters (the skeleton's first features)."""
+"""Member features: each person's live profile (windows, touches, interest, segments), published on members.features."""

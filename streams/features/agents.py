@@ -1,23 +1,44 @@
-"""Features agent: keep each person's counters, follow merges, publish snapshots."""
+"""Features agent: each person's profile (streams/features/profile.py), merges, published snapshots.
+
+A thin shell around the pure parts: ``member`` (the table entry, absorb and the
+publishing rule) over ``profile``. Per batch of person ops it applies events
+(a batch this person's entry has applied before is skipped, streams/redelivery.py),
+hands a merged-away person's entry to the survivor's partition as an absorb op,
+folds absorbs in with ``profile.merge``, and takes snapshots at the batch's
+stream time (``feature-clocks``, the minimum over identity partitions of their
+watermarks, as sessions and triggers do). Persons whose next lifecycle boundary
+stream time has reached get a snapshot too, so ``at_risk`` and ``lapsed`` are
+published without a new event.
+
+Outputs first: absorb ops, snapshots and tombstones reach the broker before the
+table entries that record them as done, so a crash can lose only the entry writes
+and the redelivered batch produces the same records again.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
-from streams import avro, metrics, redelivery
-from streams.features import counters
-from streams.pipeline import Pipeline, deliver
+from streams import avro, metrics, redelivery, streamtime
+from streams.features import member, profile
+from streams.pipeline import HeldWrites, Pipeline, deliver
 from streams.topics import FEATURED, MEMBER_FEATURES, PERSON_OPS, partition_for
 
 
 def register(p: Pipeline) -> None:
     table = p.table("member-features", persons="features")  # keyed by person id
+    clocks = p.table("feature-clocks", partition_of=int)
+    cfg = p.settings.feature_settings()
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("features")
     timer = metrics.StageTimer("features")
     n = p.settings.partitions
     ops_topic, featured_topic = p.topic(PERSON_OPS), p.topic(FEATURED)
     snapshots_topic = p.topic(MEMBER_FEATURES)
+    # which persons to look at when time moves: those with a lifecycle boundary ahead, by when
+    index = streamtime.DueIndex(table, lambda entry: member.next_due(entry, cfg))
+    p.on_revoked(index.forget)
 
     @p.app.agent(ops_topic, name="features")
     async def features(stream: Any) -> None:
@@ -25,65 +46,77 @@ def register(p: Pipeline) -> None:
             timer.start()
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
-            touched, moves = _apply(batch, table, n)
-            # Moves first: a person merged away leaves the table only once the broker holds
-            # its counters for the survivor, so a crash in between cannot lose them.
-            await timer.outside(deliver([
+            stream_time = streamtime.advance_person_batch(clocks, part, batch, n)
+            metrics.STREAM_TIME.labels("features", str(part)).set(stream_time)
+            entries = HeldWrites(table)
+            gone, moves = _apply(batch, entries, part, n, cfg)
+            for person in index.due(part, stream_time):
+                if person not in entries and person not in gone:
+                    current = table.get(person)
+                    if current is None:
+                        index.drop(part, person)
+                        continue
+                    entries[person] = current
+            sends: list[tuple[Any, bytes | None, bytes | None, int | None]] = [
                 (ops_topic, None, avro.encode(avro.PERSON_BATCH, {
                     "batch_id": f"{batch['batch_id']}/move", "source_partition": -1,
                     "watermark_ms": 0, "source_offset": -1, "ops": ops}), dest)
                 for dest, ops in moves.items()
-            ]))
-            for person, state in touched.items():
-                if state is None:
-                    if person in table:
-                        del table[person]
-                    snapshots_topic.send_soon(key=person.encode(), value=None)
-                else:
-                    table[person] = state
-                    snapshots_topic.send_soon(
-                        key=person.encode(), value=avro.encode(avro.MEMBER_FEATURES, counters.snapshot(state))
-                    )
-            metrics.FEATURE_UPDATES.inc(len(touched))
+            ]
+            sends += [(snapshots_topic, person.encode(), None, None) for person in gone]
+            published = 0
+            for person, entry in entries.items():
+                rec = member.refresh(entry, stream_time, cfg)
+                if rec is not None:
+                    published += 1
+                    sends.append((snapshots_topic, person.encode(), avro.encode(avro.MEMBER_FEATURES, rec), None))
+                index.update(part, person, entry)
+            # Moves and snapshots first: a person merged away leaves the table only once the broker
+            # holds its state for the survivor, and an entry records a snapshot as published only
+            # once the broker holds it.
+            await timer.outside(deliver(sends))
+            for person in gone:
+                index.drop(part, person)
+                if person in table:
+                    del table[person]
+            entries.flush()
+            metrics.FEATURE_UPDATES.inc(published)
             featured_topic.send_soon(value=event.value, partition=part)
             metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
             timer.stop()
 
 
 def _apply(
-    batch: dict[str, Any], table: Any, n: int,
-) -> tuple[dict[str, dict[str, Any] | None], dict[int, list[dict[str, Any]]]]:
-    """Apply one batch of person ops; return touched states (None: merged away) and moves."""
-    touched: dict[str, dict[str, Any] | None] = {}
+    batch: dict[str, Any], entries: HeldWrites, part: int, n: int, cfg: Any,
+) -> tuple[set[str], dict[int, list[dict[str, Any]]]]:
+    """Apply one batch of person ops to ``entries``; return the persons merged away and the absorb ops
+    for their survivors, by the survivors' partitions."""
+    gone: set[str] = set()
     moves: dict[int, list[dict[str, Any]]] = {}
     claims = redelivery.Claims(batch)  # a redelivered batch is skipped person by person
 
-    def state_of(person: str) -> dict[str, Any]:
-        current = touched.get(person)
-        if current is None:
-            current = table.get(person) or counters.empty(person)
-            touched[person] = current
+    def entry_of(person: str) -> dict[str, Any]:
+        current = entries.get(person) or member.empty(person, part)
+        entries[person] = current  # held: written back (and snapshotted) after the batch's outputs
+        gone.discard(person)
         return current
 
     for op in batch["ops"]:
         person = op["person_id"]
         if op["kind"] == "event":
-            state = state_of(person)
-            if claims.new(person, state):
-                counters.apply_event(state, op["event"])
-            # A redelivered batch still touches the person: the snapshot is sent again, in case
-            # the crash came between the state's changelog record and the snapshot.
+            entry = entry_of(person)
+            if claims.new(person, entry):
+                profile.apply(entry["profile"], op["event"], cfg)
         elif op["kind"] == "merge":
-            # This partition owns the person being merged away: hand its
-            # counters to the survivor's partition, then forget it.
-            gone = touched.get(person) or table.get(person)
-            touched[person] = None
-            if gone is not None:
+            # This partition owns the person being merged away: hand its entry to the
+            # survivor's partition, then forget it.
+            leaving = entries.pop(person, None) or entries.get(person)
+            if leaving is not None and person not in gone:
                 into = op["other_person"]
                 moves.setdefault(partition_for(into, n), []).append(
                     {"kind": "absorb", "person_id": into, "event": None, "other_person": person,
-                     "absorbed": counters.snapshot(gone)}
-                )
-        elif op["kind"] == "absorb":
-            counters.absorb(state_of(person), op["absorbed"])
-    return touched, moves
+                     "absorbed_state": member.handed_over(leaving)})
+            gone.add(person)
+        elif op["kind"] == "absorb" and op.get("absorbed_state"):
+            member.absorb(entry_of(person), op["other_person"], json.loads(op["absorbed_state"]), cfg)
+    return gone, moves

@@ -7,6 +7,19 @@ and ``identity_changes``. The identifier asked for is put in the form the
 pipeline keeps (phones and emails normalised and hashed with the deployment's
 salt), so a raw phone number finds its person while the answer holds only the
 hashed form. Pure apart from the ``query`` function it is given.
+
+Features. The answer carries the person's current features: the latest
+``member_snapshots`` row (FINAL, not deleted) under the same person id, as the
+sink stores ``members.features`` (flat columns, streams/sink/rows.py), or None
+when there is none. Features are kept per person of the routing resolver (the
+person ids on enriched events), the lookup's person comes from the identity
+graph. For a member both are ``person_id_for("member_id:<id>")``, so the two
+agree. Where they differ -- a graph cluster without a member id, or events the
+routing resolver filed under an anonymous person the graph joined to a member
+-- the features are those of the routing person that carries the graph
+person's id, and the rest of the cluster's events are not in them (which
+routing persons hold a cluster's events is not stored: enriched rows keep no
+identifiers).
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from streams.sink.rows import MEMBER_COLS
 from streams.touchpoint.normalise import normalise_identifiers
 from streams.touchpoint.taxonomy import ROUTE_IDENTIFIERS
 
@@ -60,7 +74,17 @@ def lookup(query: Query, identifier: str) -> dict[str, Any] | None:
             "ORDER BY event_time, change_id")
     ]
     return {"identifier": identifier, "person_id": person, "member_id": member,
-            "identifiers": identifiers, "history": history}
+            "identifiers": identifiers, "history": history, "features": features(query, person)}
+
+
+FEATURE_COLUMNS = [c for c in MEMBER_COLS if c not in ("version", "is_deleted")]
+
+
+def features(query: Query, person: str) -> dict[str, Any] | None:
+    """The person's latest features snapshot as the sink stores it, or None."""
+    found = query(f"SELECT {', '.join(FEATURE_COLUMNS)} FROM member_snapshots FINAL "
+                  f"WHERE person_id = {_quote(person)} AND is_deleted = 0")
+    return dict(zip(FEATURE_COLUMNS, found[0], strict=True)) if found else None
 
 
 def lookup_for(settings: Any, identifier: str, open_directly: bool = True) -> dict[str, Any] | None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from streams.features.profile import DEPTH_WINDOWS
+from streams.features.windows import METRICS, WINDOWS
 from streams.topics import (
     DEAD_LETTERS,
     ENRICHED,
@@ -95,15 +97,61 @@ def session_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
     ]
 
 
+# member_snapshots: v2 columns (migration 0008). Window columns follow the snapshot's names.
+_WINDOW_COLS = [
+    f"{metric}_{w}"
+    for w in WINDOWS
+    for metric in ("sessions", *(m for m in METRICS if m != "revenue_cents"), "revenue", "aov",
+                   *(("visit_depth",) if w in DEPTH_WINDOWS else ()))
+]
+_TOUCH_COLS = {"first_touch": ("at", "entry", "channel", "campaign", "source", "medium", "search_keyword",
+                               "kol_post_id", "referrer_id", "partner", "store_id"),
+               "last_touch": ("at", "entry", "channel", "campaign")}
+_LABELS = ("member_grid", "lifecycle", "preferred_channel")  # LowCardinality(String): '' for none
+MEMBER_COLS = [
+    "person_id", "member_id", "first_seen", "last_seen", "as_of", "days_since_last_visit", "days_since_last_order",
+    "orders_total", "revenue_total", "first_order", "last_order", *_WINDOW_COLS, "channels",
+    *(f"{touch}_{k}" for touch, keys in _TOUCH_COLS.items() for k in keys),
+    "referred_by", "home_store", "home_guide", "interest_long", "interest_short", "interest_divergence",
+    "interest_short_events", "interest_shift", "member_grid", "browse_without_buying", "lifecycle",
+    "marketing_consent", "reachable", "preferred_channel", "version", "is_deleted",
+]
+
+
+def _opt_ts(ms: int | None) -> datetime | None:
+    return None if ms is None else _ts(ms)
+
+
+def _touch_values(touch: dict[str, Any] | None, keys: tuple[str, ...]) -> list[Any]:
+    if touch is None:
+        return [None if k not in ("entry", "channel") else "" for k in keys]
+    return [_ts(touch["at_ms"]) if k == "at" else touch[k] for k in keys]
+
+
 def member_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
     return [
-        r["person_id"], r["member_id"], r["events"], r["page_views"], r["product_views"], r["cart_adds"],
-        r["orders"], r["revenue"], _ts(r["first_seen_ms"]), _ts(r["last_seen_ms"]), r["merged_from"], offset, 0,
+        r["person_id"], r["member_id"], _ts(r["first_seen_ms"]), _ts(r["last_seen_ms"]), _ts(r["as_of_ms"]),
+        r["days_since_last_visit"], r["days_since_last_order"], r["orders_total"], r["revenue_total"],
+        _opt_ts(r["first_order_ms"]), _opt_ts(r["last_order_ms"]), *(r[c] for c in _WINDOW_COLS),
+        sorted(r["channels"]),
+        *(v for touch, keys in _TOUCH_COLS.items() for v in _touch_values(r[touch], keys)),
+        r["referred_by"], r["home_store"], r["home_guide"], r["interest_long"], r["interest_short"],
+        r["interest_divergence"], r["interest_short_events"], r["interest_shift"], r["member_grid"] or "",
+        r["browse_without_buying"], r["lifecycle"] or "", r["consent"].get("marketing", {}), r["reachable"],
+        r["preferred_channel"] or "", offset, 0,
     ]
 
 
 def member_tombstone(key: str, offset: int) -> list[Any]:
-    return [key, None, 0, 0, 0, 0, 0, 0.0, _EPOCH, _EPOCH, [], offset, 1]
+    row: dict[str, Any] = dict.fromkeys(MEMBER_COLS)
+    row |= {"person_id": key, "first_seen": _EPOCH, "last_seen": _EPOCH, "as_of": _EPOCH, "orders_total": 0,
+            "revenue_total": 0.0, "channels": [], "interest_long": {}, "interest_short": {},
+            "interest_short_events": 0.0, "interest_shift": False, "browse_without_buying": False,
+            "marketing_consent": {}, "reachable": [], "version": offset, "is_deleted": 1}
+    row |= {c: 0 for c in _WINDOW_COLS if not c.startswith(("aov_", "visit_depth_"))}
+    row |= {c: "" for c in (*_LABELS, "first_touch_entry", "first_touch_channel", "last_touch_entry",
+                            "last_touch_channel")}
+    return [row[c] for c in MEMBER_COLS]
 
 
 def assignment_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
@@ -196,10 +244,8 @@ TABLES: dict[TopicSpec, Table] = {
         "session_id", "person_id", "member_id", "start_time", "end_time", "channel", "landing_page", "campaign",
         "source", "store_id", "events", "page_views", "orders", "revenue", "converted", "historical",
         "closed_at"], session_row, "session_id", time_column="start_time"),
-    MEMBER_FEATURES: Table("member_snapshots", [
-        "person_id", "member_id", "events", "page_views", "product_views", "cart_adds", "orders", "revenue",
-        "first_seen", "last_seen", "merged_from", "version", "is_deleted"], member_row, "person_id",
-        insert_once=False, tombstone=member_tombstone),
+    MEMBER_FEATURES: Table("member_snapshots", MEMBER_COLS, member_row, "person_id",
+                           insert_once=False, tombstone=member_tombstone),
     REF_STORES: Table("ref_stores", _STORE_COLS, store_row, "store_id", insert_once=False,
                       tombstone=_store_tombstone),
     REF_PRODUCTS: Table("ref_products", _PRODUCT_COLS, product_row, "product_id", insert_once=False,

@@ -1,0 +1,111 @@
+"""One person's entry in the features stage's ``member-features`` table, and what it publishes. Pure.
+
+An entry wraps the profile core (streams/features/profile.py) with what the stage
+itself needs to be replay-safe and quiet:
+
+- ``profile``: the person's profile state;
+- ``src``: the redelivery marks (streams/redelivery.py): a person batch at or
+  below them is skipped whole for this person;
+- ``absorbed``: the persons already merged into this one, the latest
+  ``ABSORBED_KEPT``. An absorb op names the merged-away person and carries its
+  raw entry; one naming a person already absorbed changes nothing, so an absorb
+  delivered twice (a crash between handing a state over and forgetting it)
+  does not count that person's events twice. The profile core itself does not
+  know what it merged;
+- ``published`` and ``at``: a hash of the last snapshot published, and the
+  stream time the last snapshot was taken at;
+- ``partition``: the person-ops partition, for the due index.
+
+Publishing rule (debounce). A person's snapshot is taken once per batch that
+touches them, after all its ops, and again when stream time reaches the
+person's next lifecycle boundary (first seen + ``new_days``, last seen +
+``at_risk_days``, last seen + ``lapsed_days``), always at the batch's stream
+time. It is published only when it differs from the last published one in
+anything but ``as_of_ms``: a batch of events that changes no published value,
+a redelivered batch and a repeated absorb publish nothing. Between those
+moments the published windows and days-since figures are as of ``as_of_ms``;
+a reader wanting them at another time recomputes from the windows' ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from streams.features import profile
+from streams.features.config import DEFAULTS, FeatureSettings
+from streams.features.windows import DAY_MS
+
+Entry = dict[str, Any]
+ABSORBED_KEPT = 64  # persons merged in that a repeated absorb is recognised for
+TOUCH_FIELDS = ("campaign", "source", "medium", "search_keyword", "kol_post_id", "referrer_id", "referrer_url",
+                "partner", "store_id")
+
+
+def empty(person_id: str, partition: int) -> Entry:
+    return {"profile": profile.empty(person_id), "partition": partition, "absorbed": [], "published": None,
+            "at": None}
+
+
+def absorb(entry: Entry, person_id: str, gone: Mapping[str, Any], cfg: FeatureSettings = DEFAULTS) -> bool:
+    """Fold the merged-away ``person_id``'s entry ``gone`` into ``entry``; False if it was folded in already."""
+    if person_id in entry["absorbed"] or person_id == entry["profile"]["person_id"]:
+        return False
+    entry["profile"] = profile.merge(entry["profile"], gone["profile"], cfg)
+    kept = [p for p in (*entry["absorbed"], *gone.get("absorbed", ()), person_id) if p != entry["profile"]["person_id"]]
+    entry["absorbed"] = list(dict.fromkeys(kept))[-ABSORBED_KEPT:]
+    return True
+
+
+def handed_over(entry: Mapping[str, Any]) -> str:
+    """What an absorb op carries of a merged-away person: its profile and whom it had absorbed."""
+    return json.dumps({"profile": entry["profile"], "absorbed": entry["absorbed"]})
+
+
+def _touch(view: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if view is None:
+        return None
+    return {"at_ms": view["at_ms"], "entry": view["entry"], "channel": view["channel"],
+            **{k: view.get(k) for k in TOUCH_FIELDS}}
+
+
+def record(entry: Mapping[str, Any], now_ms: int, cfg: FeatureSettings = DEFAULTS) -> dict[str, Any] | None:
+    """The MemberFeatures record of the person at stream time ``now_ms``; None before any event."""
+    state = entry["profile"]
+    if state["last_ms"] is None:
+        return None
+    snap = profile.snapshot(state, now_ms, cfg)
+    snap["as_of_ms"] = max(now_ms, state["last_ms"])
+    snap["first_touch"], snap["last_touch"] = _touch(snap["first_touch"]), _touch(snap["last_touch"])
+    return snap
+
+
+def digest(rec: Mapping[str, Any]) -> str:
+    """Hash of a record's published values, ``as_of_ms`` aside (it moves with every batch)."""
+    body = json.dumps({k: v for k, v in rec.items() if k != "as_of_ms"}, sort_keys=True, default=str)
+    return hashlib.blake2b(body.encode(), digest_size=12).hexdigest()
+
+
+def refresh(entry: Entry, now_ms: int, cfg: FeatureSettings = DEFAULTS) -> dict[str, Any] | None:
+    """Take the snapshot at ``now_ms``; return the record to publish, or None when no published value changed."""
+    rec = record(entry, now_ms, cfg)
+    if rec is None:
+        return None
+    entry["at"] = rec["as_of_ms"]
+    h = digest(rec)
+    if h == entry["published"]:
+        return None
+    entry["published"] = h
+    return rec
+
+
+def next_due(entry: Mapping[str, Any], cfg: FeatureSettings = DEFAULTS) -> int | None:
+    """Stream time of the person's next lifecycle boundary after their last snapshot, if any."""
+    state, at = entry["profile"], entry.get("at")
+    first, last = state["first_ms"], state["last_ms"]
+    if first is None or last is None or at is None:
+        return None
+    boundaries = (first + cfg.new_days * DAY_MS, last + cfg.at_risk_days * DAY_MS, last + cfg.lapsed_days * DAY_MS)
+    return min((b for b in boundaries if b > at), default=None)

@@ -1,0 +1,138 @@
+"""The features stage's per-person entry (streams/features/member.py): absorbs applied once,
+the published record and its contract, the publishing rule, lifecycle due times, and the
+TOUCHLINE_FEATURE_* settings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams import avro
+from streams.features import member, profile
+from streams.features.config import FeatureSettings
+from streams.features.windows import DAY_MS
+from streams.settings import Settings, SettingsError
+from tests.conftest import T0, touchpoint
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CFG = FeatureSettings()
+
+
+def enriched(eid: str, kind: str, t: int, member_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {"person_id": "p", "member_id": member_id, "processed_at_ms": t,
+            "touchpoint": touchpoint(eid, kind, t, **fields)}
+
+
+def order(eid: str, t: int, revenue: float) -> dict[str, Any]:
+    return enriched(eid, "order_completed", t, properties={"order_id": f"o-{eid}", "revenue": revenue})
+
+
+def entry_of(person: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    e = member.empty(person, 0)
+    for ev in events:
+        profile.apply(e["profile"], ev, CFG)
+    return json.loads(json.dumps(e))  # as the table's changelog gives it back
+
+
+kinds = st.sampled_from(["page_viewed", "product_viewed", "product_added", "order_completed", "guide_chatted"])
+plans = st.lists(st.tuples(kinds, st.integers(0, 40 * DAY_MS)), min_size=1, max_size=15)
+
+
+def events_of(prefix: str, plan: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    return [order(f"{prefix}{i}", T0 + t, 10.0 + i) if k == "order_completed" else enriched(f"{prefix}{i}", k, T0 + t)
+            for i, (k, t) in enumerate(plan)]
+
+
+@FAST
+@given(plans, plans)
+def test_an_absorb_folds_the_merged_persons_events_in_once(a_plan: list[tuple[str, int]],
+                                                            b_plan: list[tuple[str, int]]) -> None:
+    a_events, b_events = events_of("a", a_plan), events_of("b", b_plan)
+    survivor, gone = entry_of("p-a", a_events), entry_of("p-b", b_events)
+    gone["absorbed"] = ["p-old"]
+    handed = json.loads(member.handed_over(gone))  # what the absorb op carries
+    assert member.absorb(survivor, "p-b", handed, CFG)
+    now = T0 + 41 * DAY_MS
+    combined = entry_of("p-a", a_events + b_events)
+    got, want = member.record(survivor, now, CFG), member.record(combined, now, CFG)
+    assert got is not None and want is not None
+    for k in ("first_seen_ms", "last_seen_ms", "orders_total", "revenue_total", "page_views_90d", "orders_30d",
+              "consultations_90d", "sessions_90d", "lifecycle", "member_grid"):
+        assert got[k] == want[k], k
+    assert survivor["absorbed"] == ["p-old", "p-b"]
+    after = json.loads(json.dumps(survivor))
+    assert not member.absorb(survivor, "p-b", handed, CFG)  # delivered again: nothing changes
+    assert not member.absorb(survivor, "p-a", handed, CFG)  # never itself
+    assert survivor == after
+
+
+def test_the_absorbed_record_is_bounded() -> None:
+    survivor = entry_of("p-a", [enriched("e", "page_viewed", T0)])
+    for i in range(member.ABSORBED_KEPT + 10):
+        assert member.absorb(survivor, f"p-{i}", entry_of(f"p-{i}", []), CFG)
+    assert len(survivor["absorbed"]) == member.ABSORBED_KEPT and survivor["absorbed"][-1] == f"p-{member.ABSORBED_KEPT + 9}"
+
+
+def test_the_record_is_the_member_features_contract_and_round_trips() -> None:
+    e = entry_of("p-1", [enriched("e1", "page_viewed", T0, context={"kol_post_id": "kol-1"}),
+                         order("e2", T0 + DAY_MS, 600.0)])
+    e["src"] = {"0": 12}  # redelivery marks: not a feature
+    rec = member.record(e, T0 + 2 * DAY_MS, CFG)
+    assert rec is not None
+    fields = {f["name"] for f in avro.contract(avro.MEMBER_FEATURES).parsed["fields"]}
+    assert set(rec) == fields
+    assert avro.decode_as(avro.MEMBER_FEATURES, avro.encode(avro.MEMBER_FEATURES, rec)) == rec
+    assert (rec["as_of_ms"], rec["days_since_last_visit"], rec["orders_total"]) == (T0 + 2 * DAY_MS, 1, 1)
+    assert rec["first_touch"]["entry"] == "kol" and rec["first_touch"]["kol_post_id"] == "kol-1"
+    assert rec["first_touch"]["campaign"] is None
+    assert member.record(member.empty("p-2", 0), T0, CFG) is None  # nothing to publish before an event
+
+
+def test_a_snapshot_is_published_only_when_a_published_value_changed() -> None:
+    e = entry_of("p-1", [enriched("e1", "page_viewed", T0)])
+    first = member.refresh(e, T0, CFG)
+    assert first is not None and e["at"] == T0
+    assert member.refresh(e, T0 + 60_000, CFG) is None  # only as_of moved
+    assert e["at"] == T0 + 60_000
+    profile.apply(e["profile"], enriched("e2", "page_viewed", T0 + 120_000), CFG)
+    second = member.refresh(e, T0 + 120_000, CFG)
+    assert second is not None and second["page_views_1h"] == 2
+    assert member.refresh(json.loads(json.dumps(e)), T0 + 120_000, CFG) is None  # after the changelog too
+
+
+def test_lifecycle_boundaries_are_due_on_stream_time() -> None:
+    e = entry_of("p-1", [enriched("e1", "page_viewed", T0)])
+    assert member.next_due(e, CFG) is None  # no snapshot yet
+    assert member.refresh(e, T0, CFG)["lifecycle"] == "new"  # type: ignore[index]
+    due = member.next_due(e, CFG)
+    assert due == T0 + CFG.new_days * DAY_MS  # new -> active (first seen 30 days ago) ...
+    assert member.refresh(e, due, CFG)["lifecycle"] == "at_risk"  # type: ignore[index]  # ... = quiet 30 days
+    due = member.next_due(e, CFG)
+    assert due == T0 + CFG.lapsed_days * DAY_MS
+    assert member.refresh(e, due, CFG)["lifecycle"] == "lapsed"  # type: ignore[index]
+    assert member.next_due(e, CFG) is None
+
+
+def test_feature_settings_come_from_the_environment() -> None:
+    s = Settings.from_env({"TOUCHLINE_FEATURE_AT_RISK_DAYS": "14", "TOUCHLINE_FEATURE_GRID_WINDOW": "30d",
+                           "TOUCHLINE_FEATURE_SHIFT_THRESHOLD": "0.3"})
+    cfg = s.feature_settings()
+    assert (cfg.at_risk_days, cfg.grid_window, cfg.shift_threshold) == (14, "30d", 0.3)
+    assert Settings().feature_settings() == FeatureSettings()
+    every = {f"feature_{name}" for name in FeatureSettings.__dataclass_fields__}
+    assert every <= set(Settings.__dataclass_fields__)  # each knob has its TOUCHLINE_FEATURE_* setting
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"TOUCHLINE_FEATURE_GRID_WINDOW": "2d"}, "'2d'"),
+    ({"TOUCHLINE_FEATURE_AT_RISK_DAYS": "120"}, "at_risk_days"),
+    ({"TOUCHLINE_FEATURE_SHORT_HALF_LIFE_DAYS": "0"}, "half-lives"),
+    ({"TOUCHLINE_FEATURE_TOP_PLACES": "three"}, "TOUCHLINE_FEATURE_TOP_PLACES"),
+])
+def test_bad_feature_settings_are_refused_at_start(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(SettingsError, match=needle):
+        Settings.from_env(env)
