@@ -21,8 +21,12 @@ Same machine, same generated data, same embedded broker for every figure:
   core) over the same events in this process, partitions as in-memory queues
   of JSON messages: events per CPU-second of resolving identity, without
   Kafka or Faust around it.
-- state bytes per person (the person-keyed tables) and per identifier (the
-  identity links), from the workers' own state samples after the run.
+- feature updates alone: the features stage's pure parts (streams/features/member.py
+  over profile.py) over the same events in this process, batched as ingest batches
+  them: apply, snapshot per touched person and batch, Avro encoding of what is
+  published, JSON encoding of each written entry; and the profile's bytes per person.
+- state bytes per person (the person-keyed tables, and member-features alone) and per
+  identifier (the identity links), from the workers' own state samples after the run.
 
 - latency at half the maximum rate (the 2-worker run's events per wall
   second): the first events of the same data produced at that rate into a
@@ -53,6 +57,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from streams import avro
+from streams.features import member, profile
 from streams.identity import shards
 from streams.identity.graph import identifiers_of
 from streams.kafka.broker import EmbeddedBroker, free_port
@@ -191,6 +196,8 @@ def _state(workers: list[Child]) -> dict[str, Any]:
     return {
         "table_bytes": tables, "entries": persons,
         "bytes_per_person": per_person / persons["features"] if persons.get("features") else None,
+        "bytes_per_features_person": (tables.get("member-features", 0.0) / persons["features"]
+                                      if persons.get("features") else None),
         "bytes_per_identifier": (tables.get("identity-links", 0.0) / persons["identity"]
                                  if persons.get("identity") else None),
         "bytes_per_graph_identifier": (
@@ -235,6 +242,43 @@ def identity_alone(settings: Settings, traffic: Any) -> dict[str, float]:
     return {"events": len(touchpoints), "cpu_s": cpu, "events_per_cpu_s": len(touchpoints) / cpu,
             "messages": messages, "identifiers": len(assigned),
             "persons": len({a["person"] for a in assigned.values()}), "partitions": n}
+
+
+def features_alone(settings: Settings, traffic: Any) -> dict[str, float]:
+    """Feature updates alone (streams/features/member.py over profile.py), in this process: the
+    traffic's valid events in batches of ``ingest_batch_size``, each event applied to its person's
+    entry, then per batch each touched person's snapshot taken at the batch's newest event time,
+    Avro-encoded when it changed, and the entry JSON-encoded as its changelog record would be.
+    A person is the event's member id, else its first identifier (no identity resolution here)."""
+    cfg = settings.feature_settings()
+    touchpoints = [avro.decode(r.value)[1] for r in traffic.records if r.kind in ("event", "late")]
+    entries: dict[str, Any] = {}
+    size, published, written = settings.ingest_batch_size, 0, 0
+    before = time.process_time()
+    for start in range(0, len(touchpoints), size):
+        touched: dict[str, Any] = {}
+        batch = touchpoints[start:start + size]
+        for tp in batch:
+            ids = tp["identifiers"]
+            person = next((f"{k}:{v}" for k, v in ids.items() if v and k == "member_id"), None) or next(
+                (f"{k}:{v}" for k, v in ids.items() if v), tp["event_id"])
+            entry = touched.get(person) or entries.get(person) or member.empty(person, 0)
+            profile.apply(entry["profile"], {"person_id": person, "member_id": ids.get("member_id"),
+                                             "processed_at_ms": 0, "touchpoint": tp}, cfg)
+            touched[person] = entry
+        now = max(tp["event_time_ms"] for tp in batch)
+        for person, entry in touched.items():
+            rec = member.refresh(entry, now, cfg)
+            if rec is not None:
+                avro.encode(avro.MEMBER_FEATURES, rec)
+                published += 1
+            written += len(json.dumps(entry))
+            entries[person] = entry
+    cpu = time.process_time() - before
+    sizes = [profile.state_bytes(e["profile"]) for e in entries.values()]
+    return {"events": len(touchpoints), "cpu_s": cpu, "events_per_cpu_s": len(touchpoints) / cpu,
+            "persons": len(entries), "snapshots_published": published, "changelog_bytes": written,
+            "profile_bytes_mean": sum(sizes) / len(sizes), "profile_bytes_max": max(sizes)}
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -297,6 +341,7 @@ def bench(events: int, out_path: Path) -> dict[str, Any]:
         produce(s, traffic)
         result["ceiling"] = ceiling(s, traffic.truth.records_sent)
         result["identity_alone"] = identity_alone(base, traffic)
+        result["features_alone"] = features_alone(base, traffic)
         result["pipeline_1w"] = pipeline(base, broker, traffic, 1, run_dir)
         result["pipeline_2w"] = pipeline(base, broker, traffic, 2, run_dir)
         half = result["pipeline_2w"]["events_per_wall_s"] / 2
@@ -314,16 +359,24 @@ def bench(events: int, out_path: Path) -> dict[str, Any]:
           f"{ia['events_per_cpu_s'] / c:>7.3f} {'':>16}")
     print(f"    ({ia['partitions']} partitions in one process, {ia['messages']:,} messages, "
           f"{ia['identifiers']:,} identifiers into {ia['persons']:,} persons)")
+    fa = result["features_alone"]
+    print(f"  {'feature updates alone (profile core)':38} {fa['events_per_cpu_s']:>13,.0f} "
+          f"{fa['events_per_cpu_s'] / c:>7.3f} {'':>16}")
+    print(f"    ({fa['persons']:,} persons, {fa['snapshots_published']:,} snapshots published, profile state "
+          f"{fa['profile_bytes_mean']:,.0f} bytes per person on average, {fa['profile_bytes_max']:,} at most)")
     print(f"\n  2 workers / 1 worker throughput (wall): {p2['events_per_wall_s'] / p1['events_per_wall_s']:.2f}x")
     print("\n  each stage, within the 2-worker run: events / that stage's CPU seconds")
     print(f"  {'stage':38} {'events/CPU-s':>13} {'ratio':>7} {'CPU s':>8} {'share':>7}")
     for stage, sec in sorted(p2["stage_cpu_s"].items(), key=lambda kv: -kv[1]):
         rate = p2["events"] / sec if sec > 0 else float("inf")
-        print(f"  {stage:38} {rate:>13,.0f} {rate / c:>7.3f} {sec:>8.2f} {sec / p2['cpu_s']:>7.1%}")
+        label = "features (feature updates, agent)" if stage == "features" else stage
+        print(f"  {label:38} {rate:>13,.0f} {rate / c:>7.3f} {sec:>8.2f} {sec / p2['cpu_s']:>7.1%}")
     st = p2["state"]
     if st["bytes_per_person"] is not None:
         print(f"\n  state: {st['bytes_per_person']:,.0f} bytes per person "
               f"({', '.join(PERSON_TABLES)}; {st['entries'].get('features', 0):,.0f} persons)")
+    if st.get("bytes_per_features_person") is not None:
+        print(f"  state: {st['bytes_per_features_person']:,.0f} bytes per person in member-features alone")
     if st["bytes_per_identifier"] is not None:
         print(f"  state: {st['bytes_per_identifier']:,.0f} bytes per identifier "
               f"(identity-links; {st['entries'].get('identity', 0):,.0f} identifiers)")
