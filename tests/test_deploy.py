@@ -40,9 +40,14 @@ CLICKHOUSE_TABLES = {
     "ref_spend": {"day", "channel", "campaign_id", "amount", "clicks", "is_deleted"},
     "identity_changes": {"kind", "identifiers", "resolver", "event_time", "reason"},
     "identity_assignments": {"person_id", "member_id", "is_deleted"},
+    "member_snapshots": {"person_id", "member_id", "lifecycle", "member_grid", "browse_without_buying",
+                         "interest_shift", "last_seen", "is_deleted"},
+    "member_segments": {"person_id", "as_of", "version", "lifecycle", "member_grid", "browse_without_buying",
+                        "interest_shift"},
 }
 # Base tables are ReplacingMergeTree: a query must read them with FINAL to count a replayed row once.
-CLICKHOUSE_FINAL_TABLES = {"touchpoints_enriched", "sessions", "ref_spend", "identity_changes", "identity_assignments"}
+CLICKHOUSE_FINAL_TABLES = {"touchpoints_enriched", "sessions", "ref_spend", "identity_changes", "identity_assignments",
+                           "member_snapshots", "member_segments"}
 # Prometheus metrics (streams/metrics.py) -> labels dashboards may group by.
 METRICS = {
     "touchline_ingest_outcomes_total": {"channel", "type", "outcome", "reason"},
@@ -271,14 +276,17 @@ def test_clickhouse_dashboards_pin_the_plugin_and_the_reporting_time_zone() -> N
             tz = Settings().reporting_timezone
             [var] = [v for v in board["templating"]["list"] if v["name"] == "reporting_tz"]
             assert (var["type"], var["query"], var["current"]["value"], board["timezone"]) == ("constant", tz, tz, tz)
+            descriptions = {p["id"]: p.get("description", "") for p in dashboards.walk(board["panels"])}
             for panel in dashboards.clickhouse_panels(board):
                 if (panel.dashboard_uid, panel.panel_id) in NOW_PANELS:
+                    assert "not limited by the time range" in descriptions[panel.panel_id].lower(), panel.title
                     continue
                 assert "$__timeFilter" in panel.raw_sql or "$__fromTime" in panel.raw_sql, panel.title
 
 
 # Panels that show the state now, whatever the time range (and say so in their description).
-NOW_PANELS = {("touchline-identity", 7), ("touchline-identity", 8)}
+NOW_PANELS = {("touchline-identity", 7), ("touchline-identity", 8), ("touchline-members", 7), ("touchline-members", 8),
+              ("touchline-members", 9)}
 
 
 def test_dashboard_promql_uses_known_metrics() -> None:
