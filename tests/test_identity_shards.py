@@ -202,10 +202,10 @@ def test_a_login_on_another_partition_merges_the_cookie_history_into_the_member(
     assert net.person(cookie) == person_id_for(member)
     assert [(c.kind, c.from_person, c.into) for c in net.changes] == [
         ("merge", person_id_for(cookie), (person_id_for(member),))]
-    # the member's root holds the cookie's whole history, the cookie's home points at it
+    # the member's root holds the cookie's evidence, the cookie's home points at it
     [root] = net.roots()
     assert root["own"] == sorted([cookie, member])
-    assert Graph.from_json(root["g"]).nodes[cookie]["first"] == [T0, "e1"]
+    assert Graph.from_json(root["g"]).edges[f"{cookie}\t{member}"]["first"] == [T0 + 2, "e3"]
 
 
 def test_the_bench_runs_the_protocol_to_the_reference_clustering() -> None:

@@ -2,12 +2,13 @@
 
 Evidence. Identifiers seen together on one event are linked: every pair of an
 event's identifiers is an edge that remembers the earliest event that showed
-the pair (event time, event id) and the ids of the distinct events that did,
-up to ``Rules.edge_cap`` of them (the smallest ids): an edge's strength is how
-many it holds, so it saturates at the cap. Each identifier remembers the
-earliest event that carried it and the anchors (identifiers of the types in
-``Rules.anchors``, member ids by default) it was seen with, up to one more than
-``Rules.shared_threshold`` (the smallest). Junk values
+the pair (event time, event id) and a short digest of each distinct event that
+did, up to ``Rules.edge_cap`` of them (the smallest digests, a bottom-k sketch:
+the count is exact up to the cap): an edge's strength is how many it holds, so
+it saturates at the cap. Changes and conflicts cite the earliest events of the
+edges behind them. Each identifier remembers the anchors (identifiers of the
+types in ``Rules.anchors``, member ids by default) it was seen with, up to one
+more than ``Rules.shared_threshold`` (the smallest). Junk values
 (streams/touchpoint/taxonomy.py) and ``Rules.blocklist`` never become
 identifiers.
 
@@ -55,6 +56,7 @@ State is plain dicts and lists, so it can live in a table's JSON changelog.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +64,7 @@ from typing import Any
 from streams.identity.links import person_id_for
 from streams.touchpoint.taxonomy import is_junk
 
+DIGEST_HEX = 12  # an edge counts distinct events by 48-bit digests of their ids
 DEFAULT_PRIORITY = (
     "member_id", "pos_card", "wechat_unionid", "phone", "email", "platform_buyer_id",
     "wechat_openid", "device_id", "anonymous_id",
@@ -135,6 +138,12 @@ def _edge_key(a: str, b: str) -> str:
     return f"{a}\t{b}" if a < b else f"{b}\t{a}"
 
 
+def _digests(event_ids: Iterable[str]) -> list[str]:
+    """What an edge keeps of each event: 12 hex digits of its id (a digest passes unchanged)."""
+    return [e if len(e) == DIGEST_HEX and not e.strip("0123456789abcdef")
+            else hashlib.blake2b(e.encode(), digest_size=DIGEST_HEX // 2).hexdigest() for e in event_ids]
+
+
 def _capped(a: Iterable[str], b: Iterable[str], cap: int) -> list[str]:
     """The ``cap`` smallest of the union: a join that is idempotent, commutative, associative."""
     return sorted(set(a) | set(b))[:cap]
@@ -171,9 +180,9 @@ class Graph:
 
     def __init__(self, rules: Rules | None = None) -> None:
         self.rules = rules or Rules()
-        # identifier -> {"first": [t, event id], "anchors": [...], "nbrs": [...]}
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self.edges: dict[str, dict[str, Any]] = {}  # "a\tb" -> {"first": [t, id], "ev": [event ids]}
+        self.nodes: dict[str, list[str]] = {}  # identifier -> the anchors it was seen with
+        self.edges: dict[str, dict[str, Any]] = {}  # "a\tb" -> {"first": [t, event id], "ev": [event digests]}
+        self.nbrs: dict[str, list[str]] = {}  # identifier -> linked identifiers (from the edges; not stored)
         self.flags: set[str] = set()  # identifiers known to be shared from evidence held elsewhere
         self.person: dict[str, str] = {}  # identifier -> person id
         self.refused: dict[str, str] = {}  # edge key -> why it links nothing (conflicts reported once)
@@ -187,7 +196,13 @@ class Graph:
     def from_json(cls, state: Mapping[str, Any], rules: Rules | None = None) -> Graph:
         g = cls(rules)
         state = copy.deepcopy(state)  # the graph changes its own copy, never the state it came from
-        g.nodes, g.edges = state["nodes"], state["edges"]
+        # nodes and edges as written before digests: {"first", "anchors", "nbrs"} and raw event ids
+        g.nodes = {i: n["anchors"] if isinstance(n, dict) else n for i, n in state["nodes"].items()}
+        g.edges = state["edges"]
+        for edge in g.edges.values():
+            edge["ev"] = _digests(edge["ev"])
+        g.nbrs = {i: [] for i in g.nodes}
+        g._link(g.edges)
         g.flags = set(state.get("flags", ()))
         g.person, g.refused = state["person"], state["refused"]
         return g
@@ -197,24 +212,24 @@ class Graph:
     def shared(self, identifier: str) -> bool:
         if identifier in self.flags:
             return True
-        node = self.nodes.get(identifier)
-        return node is not None and len(node["anchors"]) > self.rules.shared_threshold
+        anchors = self.nodes.get(identifier)
+        return anchors is not None and len(anchors) > self.rules.shared_threshold
 
-    def _node(self, ident: str, first: list[Any], anchors: Iterable[str]) -> None:
-        node = self.nodes.get(ident)
-        if node is None:
-            node = self.nodes[ident] = {"first": first, "anchors": [], "nbrs": []}
-        elif first < node["first"]:
-            node["first"] = first
+    def _link(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            a, b = key.split("\t")
+            self.nbrs.setdefault(a, []).append(b)
+            self.nbrs.setdefault(b, []).append(a)
+
+    def _node(self, ident: str, anchors: Iterable[str]) -> None:
         # one more than the threshold is enough to know the identifier is shared
-        node["anchors"] = _capped(node["anchors"], anchors, self.rules.shared_threshold + 1)
+        self.nodes[ident] = _capped(self.nodes.get(ident, ()), anchors, self.rules.shared_threshold + 1)
+        self.nbrs.setdefault(ident, [])
 
     def _edge(self, key: str, first: list[Any], ev: Iterable[str]) -> None:
         edge = self.edges.get(key)
         if edge is None:
-            a, b = key.split("\t")
-            self.nodes[a]["nbrs"].append(b)
-            self.nodes[b]["nbrs"].append(a)
+            self._link([key])
             self.edges[key] = {"first": first, "ev": _capped((), ev, self.rules.edge_cap)}
         else:
             edge["first"] = min(edge["first"], first)
@@ -223,10 +238,11 @@ class Graph:
     def _observe(self, ids: list[str], first: list[Any]) -> None:
         anchors = [i for i in ids if _kind(i) in self.rules.anchors]
         for ident in ids:
-            self._node(ident, first, (a for a in anchors if a != ident))
+            self._node(ident, (a for a in anchors if a != ident))
+        digest = _digests([first[1]])
         for x in range(len(ids)):
             for y in range(x + 1, len(ids)):
-                self._edge(_edge_key(ids[x], ids[y]), first, (first[1],))
+                self._edge(_edge_key(ids[x], ids[y]), first, digest)
 
     # ----------------------------------------------------------------- clustering
 
@@ -237,7 +253,7 @@ class Graph:
         while stack:
             ident = stack.pop()
             out.append(ident)
-            for nb in self.nodes[ident]["nbrs"]:
+            for nb in self.nbrs[ident]:
                 if nb not in seen and not self.shared(nb):
                     seen.add(nb)
                     stack.append(nb)
@@ -256,7 +272,7 @@ class Graph:
                 i = parent[i]
             return i
 
-        keys = {_edge_key(a, b) for a in component for b in self.nodes[a]["nbrs"] if b in members}
+        keys = {_edge_key(a, b) for a in component for b in self.nbrs[a] if b in members}
 
         def strength(key: str) -> tuple[Any, ...]:
             a, b = key.split("\t")
@@ -309,9 +325,9 @@ class Graph:
         against it."""
         was_shared = {i for i in self.nodes if self.shared(i)}
         for ident, node in other["nodes"].items():
-            self._node(ident, node["first"], node["anchors"])
+            self._node(ident, node["anchors"] if isinstance(node, dict) else node)
         for key, edge in other["edges"].items():
-            self._edge(key, edge["first"], edge["ev"])
+            self._edge(key, edge["first"], _digests(edge["ev"]))
         self.flags |= set(other.get("flags", ()))
         for key, reason in other["refused"].items():
             self.refused.setdefault(key, reason)  # a conflict reported there is not reported again
@@ -332,7 +348,7 @@ class Graph:
         identifier leaves); return the persons that changed and the new conflicts."""
         starts = [i for i in touched if not self.shared(i)]
         for ident in newly_shared:
-            starts += [nb for nb in self.nodes[ident]["nbrs"] if not self.shared(nb)]
+            starts += [nb for nb in self.nbrs[ident] if not self.shared(nb)]
         new: dict[str, str] = {}
         refused: list[tuple[str, str, str]] = []
         seen: set[str] = set()
@@ -353,7 +369,7 @@ class Graph:
             key = _edge_key(a, b)
             if self.refused.get(key) != reason:
                 self.refused[key] = reason
-                conflicts.append(Conflict(a, b, reason, tuple(self.edges[key]["ev"][: self.rules.evidence_ids]),
+                conflicts.append(Conflict(a, b, reason, (self.edges[key]["first"][1],),
                                           (self.person.get(a, ""), self.person.get(b, ""))))
         return self._changes(old, new, newly_shared), conflicts
 
@@ -384,14 +400,14 @@ class Graph:
         return changes
 
     def _evidence(self, new: dict[str, str], before: str, after: set[str]) -> tuple[str, ...]:
-        """Event ids of the edges among the re-clustered identifiers of the persons in ``after``
-        and ``before`` (a few, smallest first)."""
+        """The earliest events of the edges among the re-clustered identifiers of the persons in
+        ``after`` and ``before`` (a few, smallest ids first)."""
         members = {i for i, p in new.items() if p in after or p == before}
         ev: set[str] = set()
         for ident in members:
-            for nb in self.nodes[ident]["nbrs"]:
+            for nb in self.nbrs[ident]:
                 if nb in members:
-                    ev.update(self.edges[_edge_key(ident, nb)]["ev"][: self.rules.evidence_ids])
+                    ev.add(self.edges[_edge_key(ident, nb)]["first"][1])
         return tuple(sorted(ev)[: self.rules.evidence_ids])
 
     def members(self) -> dict[str, str]:
