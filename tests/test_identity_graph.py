@@ -259,3 +259,19 @@ def test_rules_come_from_settings_and_bad_ones_are_refused_at_start() -> None:
                       (("TOUCHLINE_IDENTITY_SHARED_THRESHOLD", "0"), "at least 1")):
         with pytest.raises(SettingsError, match=word):
             Settings.from_env(dict([env]))
+
+
+def test_a_group_written_before_edge_digests_reads_the_same() -> None:
+    """Groups in changelogs from before digests: nodes {"first", "anchors", "nbrs"}, raw event ids."""
+    events = [ev(f"a{i}", i, member_id="A", phone="p1") for i in range(3)] + [ev("b0", 5, member_id="B", phone="p1")]
+    new = Graph()
+    for e in events:
+        new.add(e)
+    key = "member_id:A\tphone:p1"
+    old = new.to_json()
+    old = {**old, "nodes": {i: {"first": [T0, "a0"], "anchors": a, "nbrs": new.nbrs[i]} for i, a in old["nodes"].items()},
+           "edges": {**old["edges"], key: {**old["edges"][key], "ev": ["a0", "a1", "a2"]}}}
+    read = Graph.from_json(old)
+    assert read.to_json() == new.to_json() and read.nbrs == new.nbrs
+    assert read.add(ev("a1", 1, member_id="A", phone="p1")).changes == []  # a1 again: already counted
+    assert read.edges[key]["ev"] == new.edges[key]["ev"]

@@ -200,7 +200,7 @@ class Graph:
         g.nodes = {i: n["anchors"] if isinstance(n, dict) else n for i, n in state["nodes"].items()}
         g.edges = state["edges"]
         for edge in g.edges.values():
-            edge["ev"] = _digests(edge["ev"])
+            edge["ev"] = _capped((), _digests(edge["ev"]), g.rules.edge_cap)
         g.nbrs = {i: [] for i in g.nodes}
         g._link(g.edges)
         g.flags = set(state.get("flags", ()))
