@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.features import interest, profile, segments
+from streams.features import bgnbd, interest, profile, segments
 from streams.features.config import SHIFT_THRESHOLD, FeatureSettings
 from streams.features.windows import DAY_MS, HOUR_MS, MINUTE_MS
 from tests.conftest import T0, touchpoint
@@ -524,3 +524,42 @@ def test_state_stays_bounded_for_the_busiest_person() -> None:
     size = profile.state_bytes(state)
     print(f"state bytes of the busiest person: {size}")
     assert size <= BUSIEST_BYTES
+
+
+CDNOW = bgnbd.Params(0.243, 4.414, 0.793, 2.426)  # the published fit on the CDNOW sample
+
+
+def test_purchase_model_outlook_by_hand() -> None:
+    """Orders on days 0, 0 (again), 14 and 28 of the history: 3 distinct purchase days, so x = 2,
+    t_x = 4 weeks; at NOW (day 100 of BASE) T = 100 / 7 weeks. Next purchase: the last day plus the
+    mean interval (28 / 2 = 14 days)."""
+    day0 = BASE - BASE % DAY  # midnight UTC
+    events = [order("o1", day0 + 1 * HOUR, 10.0), order("o2", day0 + 15 * HOUR, 20.0),
+              order("o3", day0 + 14 * DAY + HOUR, 5.0), order("o4", day0 + 28 * DAY, 7.0)]
+    state = built(events)
+    base_day = profile._day(day0)
+    assert bgnbd.PurchaseDays.from_json(state["purchases"]).inputs(base_day + 100) == bgnbd.Inputs(2, 4.0, 100 / 7)
+    got = profile.purchase_outlook(state["purchases"], NOW, CDNOW)
+    inputs = bgnbd.Inputs(2, 4.0, (profile._day(NOW) - base_day) / 7)
+    assert got["p_alive"] == bgnbd.p_alive(CDNOW, inputs) and 0 < got["p_alive"] < 1
+    assert got["expected_purchases_30d"] == bgnbd.conditional_expected(CDNOW, inputs, 30 / 7)
+    assert got["next_purchase_ms"] == day0 + 42 * DAY
+    # without parameters no probability, and one purchase day gives no next purchase
+    unfitted = profile.purchase_outlook(state["purchases"], NOW, None)
+    assert unfitted == {"p_alive": None, "expected_purchases_30d": None, "next_purchase_ms": day0 + 42 * DAY}
+    one = profile.purchase_outlook(built(events[:2])["purchases"], NOW, CDNOW)
+    assert one["p_alive"] == 1.0 and one["next_purchase_ms"] is None  # x = 0: never seen to drop out
+    assert profile.purchase_outlook(built([page("p", BASE)])["purchases"], NOW, CDNOW)["p_alive"] is None
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=events_strategy, split=st.lists(st.booleans(), min_size=30, max_size=30), seed=st.integers(0, 2**32))
+def test_purchase_outlook_merges_and_ignores_order(events: list[dict[str, Any]], split: list[bool], seed: int) -> None:
+    left = [e for e, side in zip(events, split[: len(events)], strict=True) if side]
+    right = [e for e, side in zip(events, split[: len(events)], strict=True) if not side]
+    shuffled = list(events)
+    random.Random(seed).shuffle(shuffled)
+    for now in NOWS:
+        want = profile.purchase_outlook(built(events)["purchases"], now, CDNOW)
+        for state in (profile.merge(built(left), built(right)), built(shuffled)):
+            assert profile.purchase_outlook(state["purchases"], now, CDNOW) == want

@@ -17,7 +17,9 @@ may depend on order: more than ``max_categories`` categories or more than
 ``top_places`` stores (or guides) for one person. No lateness bound is needed: a
 late event lands in the buckets of its event time, and one older than a window
 keeps (relative to the person's newest event) counts only in the lifetime
-features, as if it had come in order and aged out. Replays are the agent's
+features, as if it had come in order and aged out. The purchase model's inputs
+(``purchases``: bgnbd.PurchaseDays of the UTC days with an order) merge exactly
+too, within its 4,096-day horizon. Replays are the agent's
 concern (streams/redelivery.py keeps its marks under its own key of the state;
 ``apply`` and ``merge`` leave keys they do not own as they are, and ``merge``
 keeps those of ``a``).
@@ -38,9 +40,10 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping
+from datetime import date
 from typing import Any
 
-from streams.features import interest, segments, windows
+from streams.features import bgnbd, interest, segments, windows
 from streams.features.config import DEFAULTS, FeatureSettings
 from streams.touchpoint.record import props
 from streams.touchpoint.taxonomy import PAGE_TYPES, is_junk
@@ -57,6 +60,7 @@ _INDEX = {m: i for i, m in enumerate(windows.METRICS)}
 # Visit depth (page views per session) where both count the same span: a 1 h window's
 # sessions count whole half-hours, its page views 5-minute buckets, so it has none.
 DEPTH_WINDOWS = ("24h", "7d", "30d", "90d")
+EPOCH_DAY = date(1970, 1, 1).toordinal()  # day numbers of the purchase model are date.toordinal()
 CATEGORISED = ("product_viewed", "product_added")  # their family record carries a category
 ENTRY_RULES: tuple[tuple[str, Callable[[Mapping[str, Any]], bool]], ...] = (
     ("partner_exchange", lambda t: "partner" in t or t.get("medium") == "points_exchange"),
@@ -75,6 +79,7 @@ def empty(person_id: str) -> State:
         "buckets": windows.empty(),
         # lifetime orders: also the purchase model's inputs (first and last purchase)
         "orders": {"count": 0, "revenue_cents": 0, "first_ms": None, "last_ms": None},
+        "purchases": None,  # the purchase model's inputs: bgnbd.PurchaseDays (distinct UTC order days)
         "channels": {},  # channel -> [first seen ms, last seen ms]
         "first_touch": None, "last_touch": None, "referrer": None,  # markers
         "stores": {}, "guides": {},  # id -> [orders, events], the top ``top_places``
@@ -184,6 +189,10 @@ def apply(state: State, enriched: Mapping[str, Any], cfg: FeatureSettings = DEFA
         o["count"] += 1
         o["revenue_cents"] += _cents(p)
         o["first_ms"], o["last_ms"] = _min(o["first_ms"], t), _max(o["last_ms"], t)
+        day = _day(t)
+        days = state.get("purchases")
+        state["purchases"] = (bgnbd.PurchaseDays.single(day) if days is None
+                              else bgnbd.PurchaseDays.from_json(days).add(day)).to_json()
     for key, place in (("stores", tp.get("store_id")), ("guides", tp.get("guide_id"))):
         if place:
             _tally(state[key], place, ordered, cfg.top_places)
@@ -225,6 +234,9 @@ def merge(a: State, b: State, cfg: FeatureSettings = DEFAULTS) -> State:
     oa, ob = a["orders"], b["orders"]
     out["orders"] = {"count": oa["count"] + ob["count"], "revenue_cents": oa["revenue_cents"] + ob["revenue_cents"],
                      "first_ms": _min(oa["first_ms"], ob["first_ms"]), "last_ms": _max(oa["last_ms"], ob["last_ms"])}
+    pa, pb = a.get("purchases"), b.get("purchases")
+    out["purchases"] = pa if pb is None else pb if pa is None else (
+        bgnbd.PurchaseDays.from_json(pa).combine(bgnbd.PurchaseDays.from_json(pb)).to_json())
     for c, (first, last) in b["channels"].items():
         _widen(out["channels"], c, first, last)
     for key in ("stores", "guides"):
@@ -239,6 +251,31 @@ def merge(a: State, b: State, cfg: FeatureSettings = DEFAULTS) -> State:
 
 def _touch_view(marker: Marker | None) -> dict[str, Any] | None:
     return None if marker is None else {"at_ms": marker[0], "entry": entry(marker[2]), **marker[2]}
+
+
+def _day(t_ms: int) -> int:
+    """The purchase model's day number of an event time: its UTC calendar day (date.toordinal())."""
+    return EPOCH_DAY + t_ms // windows.DAY_MS
+
+
+def purchase_outlook(days: Mapping[str, Any] | None, now_ms: int,
+                     model: bgnbd.Params | None) -> dict[str, Any]:
+    """(Not in the published snapshot yet: MemberFeatures has no fields for it.) The purchase model's view of a person at ``now_ms``: P(alive) and the expected purchases in
+    the next 30 days (BG/NBD, for the loaded parameters; None without parameters or before a first
+    order) and the expected next purchase (last purchase day plus the mean interval, midnight UTC
+    of that day; None before a second purchase day)."""
+    out: dict[str, Any] = {"p_alive": None, "expected_purchases_30d": None, "next_purchase_ms": None}
+    if days is None:
+        return out
+    state = bgnbd.PurchaseDays.from_json(dict(days))
+    nxt = state.next_purchase_day()
+    if nxt is not None:
+        out["next_purchase_ms"] = (nxt - EPOCH_DAY) * windows.DAY_MS
+    if model is not None:
+        inputs = state.inputs(max(_day(now_ms), state.last))
+        out["p_alive"] = bgnbd.p_alive(model, inputs)
+        out["expected_purchases_30d"] = bgnbd.conditional_expected(model, inputs, 30 / bgnbd.DAYS_PER_WEEK)
+    return out
 
 
 def snapshot(state: State, now_ms: int, cfg: FeatureSettings = DEFAULTS) -> dict[str, Any]:
