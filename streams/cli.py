@@ -88,7 +88,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.id is not None:
         s = s.with_overrides(worker_id=args.id)
     _need_broker(s)
-    app = create_app(s)
+    try:
+        app = create_app(s)
+    except SettingsError as exc:  # e.g. an invalid trigger definition: file:line of each problem
+        raise SystemExit(f"touchline: {exc}") from exc
     worker = Worker(app, loglevel=s.log_level.lower(), quiet=True)
     worker.execute_from_commandline()  # returns only on shutdown (SIGTERM/SIGINT)
     return 0

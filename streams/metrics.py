@@ -45,7 +45,15 @@ IDENTITY_GRAPH_CHANGES = Counter(
     "(an identifier found to be shared)", ["kind"],
 )
 FEATURE_UPDATES = Counter("touchline_feature_updates_total", "Person feature snapshots written")
-TRIGGERS_FIRED = Counter("touchline_triggers_fired_total", "Triggers fired", ["rule"])
+TRIGGERS_FIRED = Counter("touchline_triggers_fired_total", "Trigger records published on triggers.fired: final decisions (fire, holdout, suppressed)",
+    ["rule"],
+)
+TRIGGER_DECISIONS = Counter(
+    "touchline_trigger_decisions_total",
+    "Trigger decisions by rule, outcome (fire, holdout, suppressed, deferred) and reason (suppressed: why; "
+    "otherwise empty); a deferred decision is counted again when decided",
+    ["rule", "outcome", "reason"],
+)
 STAGE_BATCH_SECONDS = Histogram(
     "touchline_stage_batch_seconds", "Time to process one batch record", ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
@@ -143,7 +151,7 @@ TRIGGER_LATENCY_SECONDS = Histogram(
 PERSONS = Gauge(
     "touchline_persons",
     "Persons held in state per stage and partition (identity: route keys linked to a person; "
-    "features: persons with a profile; triggers: persons with cart state)",
+    "features: persons with a profile; triggers: persons with trigger state)",
     ["stage", "partition"],
 )
 STATE_BYTES = Gauge(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,7 +97,11 @@ class HeldWrites(dict):  # type: ignore[type-arg]
     def get(self, key: Any, default: Any = None) -> Any:
         return self[key] if key in self else self.table.get(key, default)
 
-    def flush(self) -> None:
+    def flush(self, removed: Iterable[Any] = ()) -> None:
+        """Write the held values, after deleting the ``removed`` keys from the table."""
+        for key in removed:
+            if key in self.table:
+                del self.table[key]
         for key, value in self.items():
             self.table[key] = value
 

@@ -95,7 +95,7 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
             if done != last_done:
                 last_done, last_progress = done, now
             settled = (not producer_thread.is_alive() and done >= expected_out
-                       and len(t.triggers) >= truth.abandoned_carts)
+                       and len(t.of_rule("cart_abandon")) >= truth.abandoned_carts)
             if settled:
                 break
             dead = sup.check_alive()
@@ -198,7 +198,7 @@ def _print_summary(tally: Any, ch: dict[str, Any], truth: dict[str, Any]) -> int
         ("persons stitched (ClickHouse)", ch["persons"], truth["expected_persons"]),
         ("persons stitched (topics)", tally.persons, truth["expected_persons"]),
         ("cart-abandon triggers", ch["triggers_by_rule"].get("cart_abandon", 0), truth["abandoned_carts"]),
-        ("triggered carts = abandoned carts", sorted(t["correlation_key"] for t in tally.triggers.values())
+        ("triggered carts = abandoned carts", sorted(t["correlation_key"] for t in tally.of_rule("cart_abandon"))
          == truth["abandoned_cart_ids"], True),
         ("orders (KPI table)", ch["kpis"]["orders"], truth["orders"]),
         ("GMV (KPI table)", round(ch["kpis"]["gmv"], 2), round(truth["revenue"], 2)),

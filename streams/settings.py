@@ -46,7 +46,8 @@ class Settings:
     # Processing
     ingest_batch_size: int = 2000
     allowed_lateness_s: float = 0.0
-    cart_abandon_delay_s: float = 1800.0
+    cart_abandon_delay_s: float = 1800.0  # the cart_abandon trigger's wait (overrides its definition's)
+    triggers_dir: str = ""  # a directory of trigger definitions (*.yaml) besides the built-in ones; empty: none
     session_timeout_s: float = 1800.0  # a session ends after this much inactivity (event time)
     # "wall": the ingest watermark follows the system clock (production).
     # "manual": time only moves with event times and clock-tick records on the
@@ -171,6 +172,16 @@ class Settings:
             return FeatureSettings(**{f.name: getattr(self, f"feature_{f.name}") for f in fields(FeatureSettings)})
         except ValueError as exc:
             raise SettingsError(f"{ENV_PREFIX}FEATURE_*: {exc}") from None
+
+    def trigger_definitions(self) -> Any:
+        """The trigger definitions: the built-in ones and those of TOUCHLINE_TRIGGERS_DIR, checked
+        (streams.triggers.definitions; a DefinitionError names each problem's file and line)."""
+        from streams.triggers import definitions
+
+        try:
+            return definitions.load(definitions.BUILTIN_DIR, *([self.triggers_dir] if self.triggers_dir else []))
+        except definitions.DefinitionError as exc:
+            raise SettingsError(str(exc)) from None
 
     def validate(self) -> None:
         self.identity_rules()

@@ -111,5 +111,17 @@ class DueIndex:
         """Persons with something due at or before stream time."""
         return [p for p, t in self._of(partition).items() if t <= stream_time_ms]
 
+    def hold_due(self, partition: int, stream_time_ms: int, held: dict[str, Any], gone: set[str]) -> None:
+        """Add to ``held`` (a stage's held writes) the table's state of every person due at stream time
+        that it does not hold yet, persons in ``gone`` aside; persons the table no longer has leave the index."""
+        for person in self.due(partition, stream_time_ms):
+            if person in held or person in gone:
+                continue
+            current = self.table.get(person)
+            if current is None:
+                self.drop(partition, person)
+            else:
+                held[person] = current
+
     def forget(self, partition: int) -> None:
         self._parts.pop(partition, None)

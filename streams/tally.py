@@ -25,7 +25,7 @@ class Tally:
     enriched_records: Counter[str] = field(default_factory=Counter)  # per event id: >1 only on redelivery
     person_of_event: dict[str, str] = field(default_factory=dict)
     merged_into: dict[str, str] = field(default_factory=dict)
-    triggers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    triggers: dict[str, dict[str, Any]] = field(default_factory=dict)  # trigger id -> its decision
     trigger_records: Counter[str] = field(default_factory=Counter)  # per trigger id: >1 only on redelivery
     dead_letter_records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -51,6 +51,10 @@ class Tally:
             self.trigger_records[r["trigger_id"]] += 1
         elif name == avro.DEAD_LETTER:
             self.dead_letter_records[r["dead_letter_id"]] = r
+
+    def of_rule(self, rule: str) -> list[dict[str, Any]]:
+        """The trigger records of one rule (every final decision: fire, holdout, suppressed)."""
+        return [r for r in self.triggers.values() if r["rule"] == rule]
 
     def final_person(self, person: str) -> str:
         seen = set()

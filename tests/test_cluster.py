@@ -34,7 +34,7 @@ IDS = [name for _, name, _ in MIGRATIONS]
 
 def kind(stmt: str) -> str:
     for k, pattern in [("table", r"CREATE\s+TABLE\b"), ("view", r"CREATE\s+MATERIALIZED\s+VIEW\b"),
-                       ("plain_view", r"CREATE\s+VIEW\b"), ("alter", r"ALTER\s+TABLE\b"),
+                       ("plain_view", r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\b"), ("alter", r"ALTER\s+TABLE\b"),
                        ("insert", r"INSERT\s+INTO\b")]:
         if re.match(pattern, stmt, re.I):
             return k
@@ -104,7 +104,7 @@ def test_each_form_is_rewritten_as_documented(version: int, name: str, sql: str)
         elif k == "insert":
             assert out == [stmt]  # backfills read and write the Distributed tables
         elif k == "plain_view":  # query-time views read the Distributed tables, created on every node
-            name = re.match(r"CREATE\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", stmt).group(1)  # type: ignore[union-attr]
+            name = re.match(r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", stmt).group(1)  # type: ignore[union-attr]
             assert out == [stmt.replace(f" {name} ", f" {name}{on} ", 1)]
 
 

@@ -230,7 +230,9 @@ def test_add_arms_and_fires_exactly_once_at_due() -> None:
         "person_id": "p-1", "member_id": "M1", "correlation_key": "k1", "source_event_id": "a1",
         "due_at_ms": 100 + DELAY, "fired_at_ms": 100 + DELAY, "payload": {"cart_id": "k1", "product_id": "sku9"},
     }
-    assert avro.decode_as(avro.TRIGGER, avro.encode(avro.TRIGGER, t)) == t
+    # Trigger v2's fields have defaults: a record without them reads as a send.
+    assert avro.decode_as(avro.TRIGGER, avro.encode(avro.TRIGGER, t)) == {
+        **t, "outcome": "fire", "reason": None, "channel": None, "handle": None, "evidence": {}, "event_ids": []}
     assert cart_abandon.fire_due(s, 10 * DELAY) == []
     assert cart_abandon.next_due(s) is None
     # A replayed add of a fired cart cannot arm it again.
@@ -871,19 +873,21 @@ def o(event_id, person, at, revenue):
     r["touchpoint"]["properties"]["order"] = {**(r["touchpoint"]["properties"].get("order") or {}),
                                               "order_id": event_id, "revenue": revenue}
     return r
-def t(trigger_id, person, at):
-    return {**trig, "trigger_id": trigger_id, "person_id": person, "fired_at_ms": at, "due_at_ms": at}
+def t(trigger_id, person, at, outcome="fire", reason=None):
+    return {**trig, "trigger_id": trigger_id, "person_id": person, "fired_at_ms": at, "due_at_ms": at,
+            "outcome": outcome, "reason": reason}
 orders = [o("before", "p1", T0 + 9 * H, 10.0), o("day1", "p1", T0 + D + 12 * H, 20.0),
           o("day3", "p1", T0 + 3 * D + 9 * H, 30.0), o("day12", "p1", T0 + 12 * D, 40.0),
           o("other", "p2", T0 + D, 50.0)]
-triggers = [t("A", "p1", T0 + 10 * H), t("B", "p1", T0 + 2 * D + 10 * H)]
+triggers = [t("A", "p1", T0 + 10 * H), t("B", "p1", T0 + 2 * D + 10 * H, "holdout"),
+            t("S", "p2", T0 + 10 * H, "suppressed", "no_consent")]
 for spec, records in ((ENRICHED, orders), (TRIGGERS, triggers)):
     table = TABLES[spec]
     c.insert(table.name, [table.build(r, i) for i, r in enumerate(records)], column_names=table.columns)
 out = {}
 for days in (7, 1):
     out[days] = [list(r) for r in c.query(
-        f"SELECT trigger_id, order_event_id, revenue FROM trigger_outcomes(window_days = {days}) "
+        f"SELECT trigger_id, order_event_id, revenue, outcome FROM trigger_outcomes(window_days = {days}) "
         "ORDER BY order_event_id").result_rows]
 print(json.dumps(out))
 """
@@ -892,10 +896,11 @@ print(json.dumps(out))
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout)
     # 7 days: day1 (26 h after A, before B) -> A; day3 (23 h after B) -> B, the latest; "before" precedes every
-    # trigger; day12 is 9.6 days after B; p2 has no trigger.
-    assert got["7"] == [["A", "day1", 20.0], ["B", "day3", 30.0]]
+    # trigger; day12 is 9.6 days after B; p2's only trigger was suppressed (it reached no one). B was held
+    # out: its order counts for the hold-out group's conversion.
+    assert got["7"] == [["A", "day1", 20.0, "fire"], ["B", "day3", 30.0, "holdout"]]
     # 1 day: day1 is 26 h after A, outside; day3 is 23 h after B, inside.
-    assert got["1"] == [["B", "day3", 30.0]]
+    assert got["1"] == [["B", "day3", 30.0, "holdout"]]
 
 
 def test_due_index_rebuilds_a_partition_from_the_table_and_follows_updates() -> None:

@@ -10,6 +10,9 @@ watermarks, as sessions and triggers do). Persons whose next lifecycle boundary
 stream time has reached get a snapshot too, so ``at_risk`` and ``lapsed`` are
 published without a new event.
 
+The batch goes on to internal.featured (sessions, triggers) with the snapshots
+published after it appended as ``features`` ops.
+
 Outputs first: absorb ops, snapshots and tombstones reach the broker before the
 table entries that record them as done, so a crash can lose only the entry writes
 and the redelivered batch produces the same records again.
@@ -50,13 +53,7 @@ def register(p: Pipeline) -> None:
             metrics.STREAM_TIME.labels("features", str(part)).set(stream_time)
             entries = HeldWrites(table)
             gone, moves = _apply(batch, entries, part, n, cfg)
-            for person in index.due(part, stream_time):
-                if person not in entries and person not in gone:
-                    current = table.get(person)
-                    if current is None:
-                        index.drop(part, person)
-                        continue
-                    entries[person] = current
+            index.hold_due(part, stream_time, entries, gone)
             sends: list[tuple[Any, bytes | None, bytes | None, int | None]] = [
                 (ops_topic, None, avro.encode(avro.PERSON_BATCH, {
                     "batch_id": f"{batch['batch_id']}/move", "source_partition": -1,
@@ -64,11 +61,11 @@ def register(p: Pipeline) -> None:
                 for dest, ops in moves.items()
             ]
             sends += [(snapshots_topic, person.encode(), None, None) for person in gone]
-            published = 0
+            snapshots: list[dict[str, Any]] = []
             for person, entry in entries.items():
                 rec = member.refresh(entry, stream_time, cfg)
                 if rec is not None:
-                    published += 1
+                    snapshots.append(rec)
                     sends.append((snapshots_topic, person.encode(), avro.encode(avro.MEMBER_FEATURES, rec), None))
                 index.update(part, person, entry)
             # Moves and snapshots first: a person merged away leaves the table only once the broker
@@ -77,13 +74,21 @@ def register(p: Pipeline) -> None:
             await timer.outside(deliver(sends))
             for person in gone:
                 index.drop(part, person)
-                if person in table:
-                    del table[person]
-            entries.flush()
-            metrics.FEATURE_UPDATES.inc(published)
-            featured_topic.send_soon(value=event.value, partition=part)
+            entries.flush(removed=gone)
+            metrics.FEATURE_UPDATES.inc(len(snapshots))
+            featured_topic.send_soon(value=_featured(batch, snapshots), partition=part)
             metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
             timer.stop()
+
+
+def _featured(batch: dict[str, Any], snapshots: list[dict[str, Any]]) -> bytes:
+    """The batch for the stages after features (internal.featured): its ops, absorbs without the
+    feature state they carried (no later stage reads it), then one ``features`` op per snapshot
+    published after it, so the triggers stage reads each person's features as of this batch."""
+    ops = [{**op, "absorbed_state": None} if op["kind"] == "absorb" else op for op in batch["ops"]]
+    ops += [{"kind": "features", "person_id": rec["person_id"], "event": None, "other_person": None,
+             "absorbed_state": None, "features": json.dumps(rec)} for rec in snapshots]
+    return avro.encode(avro.PERSON_BATCH, {**batch, "ops": ops})
 
 
 def _apply(

@@ -19,7 +19,7 @@ the tests can show the cluster form without a cluster. Single-node migrations
     ``V ON CLUSTER c TO T_local ... FROM B_local``: a view fires on each
     shard's local inserts into ``B_local`` and writes that shard's part of
     ``T``; queries read ``T`` (Distributed), which merges the shards' states.
-``CREATE VIEW [IF NOT EXISTS] V AS SELECT ...`` (plain, query-time views)
+``CREATE [OR REPLACE] VIEW [IF NOT EXISTS] V AS SELECT ...`` (plain, query-time views)
     ``V ON CLUSTER c``, reading the Distributed tables: evaluated on the node
     that is queried, over every shard.
 ``ALTER TABLE X <column actions>``
@@ -54,7 +54,7 @@ _NEXT_CLAUSE = re.compile(r"\b(PRIMARY\s+KEY|SAMPLE\s+BY|TTL|SETTINGS|PARTITION\
 _CREATE_MV = re.compile(
     rf"CREATE\s+MATERIALIZED\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?({_NAME})\s+TO\s+({_NAME})\s+AS\s+SELECT\b", re.I)
 _FROM = re.compile(rf"\bFROM\s+({_NAME})(?![\w.(])", re.I)
-_CREATE_VIEW = re.compile(rf"CREATE\s+VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?({_NAME})\s+AS\b", re.I)
+_CREATE_VIEW = re.compile(rf"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?({_NAME})\s+AS\b", re.I)
 _ALTER = re.compile(rf"ALTER\s+TABLE\s+({_NAME})\s+", re.I)
 _INSERT_SELECT = re.compile(rf"INSERT\s+INTO\s+({_NAME})\s*(?:\([^()]*\)\s*)?SELECT\b", re.I)
 

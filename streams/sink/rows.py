@@ -78,7 +78,8 @@ def change_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
 def trigger_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
     return [
         r["trigger_id"], r["rule"], r["person_id"], r["member_id"], r["correlation_key"],
-        r["source_event_id"], _ts(r["due_at_ms"]), _ts(r["fired_at_ms"]), r["payload"],
+        r["source_event_id"], _ts(r["due_at_ms"]), _ts(r["fired_at_ms"]), r["payload"], r["outcome"],
+        r["reason"] or "", r["channel"] or "", r["handle"] or "", r["evidence"], r["event_ids"],
     ]
 
 
@@ -236,7 +237,8 @@ TABLES: dict[TopicSpec, Table] = {
         insert_once=False, tombstone=_assignment_tombstone),
     TRIGGERS: Table("triggers", [
         "trigger_id", "rule", "person_id", "member_id", "correlation_key", "source_event_id", "due_at",
-        "fired_at", "payload"], trigger_row, "trigger_id"),
+        "fired_at", "payload", "outcome", "reason", "channel", "handle", "evidence", "event_ids"], trigger_row,
+        "trigger_id"),
     DEAD_LETTERS: Table("dead_letters", [
         "dead_letter_id", "reason", "detail", "source_topic", "source_partition", "source_offset",
         "failed_at", "payload_size", "key_id"], dead_letter_row, "dead_letter_id", time_column="failed_at"),

@@ -1,74 +1,166 @@
-"""Triggers agent: arm, cancel and fire cart-abandon timers on stream time."""
+"""Triggers agent: the trigger definitions run by the engine (streams/triggers/engine.py) on stream time.
+
+A thin shell around the pure parts: ``person`` (the table entry) over
+``engine``. The definitions are loaded when the worker starts (the built-in
+ones and ``TOUCHLINE_TRIGGERS_DIR``'s); an invalid file stops it with the
+loader's ``file:line`` messages. Per ``internal.featured`` batch, at the
+batch's stream time (``trigger-clocks``):
+
+1. the snapshots the features agent published after the batch (its
+   ``features`` ops) become the persons' latest features, so conditions read
+   the features as they are after the batch's events;
+2. each event op is an engine step (a batch this person's entry has applied
+   before is skipped, streams/redelivery.py), then each snapshot is one (the
+   rules started by features);
+3. a merge op hands the merged-away person's entry to the survivor's
+   partition as a ``trigger_state`` op on ``internal.featured``, where
+   ``engine.merge_states`` folds it in (its pending waits fire for the survivor);
+4. one clock advance for every person the batch touched and every person
+   whose next wait or deferred decision is due (``streamtime.DueIndex`` over
+   ``engine.next_due``).
+
+Final decisions (fire, holdout, suppressed) are published on triggers.fired,
+one record per trigger id; a decision deferred by quiet hours stays in the
+state and is published when decided again. Outputs first: moves and records
+reach the broker before the table entries that record them as done.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from streams import avro, metrics, redelivery, streamtime
-from streams.pipeline import Pipeline, deliver
-from streams.topics import FEATURED, TRIGGERS
-from streams.triggers import cart_abandon
+from streams.pipeline import HeldWrites, Pipeline, deliver
+from streams.topics import FEATURED, TRIGGERS, partition_for
+from streams.triggers import delivery, engine, person
+from streams.triggers.vocabulary import calendar_now
+
+CART_ABANDON = "cart_abandon"
 
 
 def register(p: Pipeline) -> None:
-    pending = p.table("trigger-pending", persons="triggers")  # keyed by person id
+    definitions = p.settings.trigger_definitions()  # DefinitionError: the worker does not start
+    table = p.table("trigger-pending", persons="triggers")  # keyed by person id: person.Entry
     clocks = p.table("trigger-clocks", partition_of=int)
+    policy = delivery.Policy()
+    wait_ms = {CART_ABANDON: int(p.settings.cart_abandon_delay_s * 1000)} if CART_ABANDON in definitions else {}
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("triggers")
-    # Series exist from the start (at 0), so the first trigger shows in rate() and increase().
-    metrics.TRIGGERS_FIRED.labels(cart_abandon.RULE)
-    metrics.TRIGGER_LATENCY_SECONDS.labels(cart_abandon.RULE)
+    # Series exist from the start (at 0), so the first trigger shows in rate() and increase(): the
+    # counters of every rule, the latency of the rules with a wait (decided when stream time reaches
+    # their due time; a histogram no rule observes would only draw NaN quantiles on the dashboards).
+    for rule, d in definitions.items():
+        metrics.TRIGGERS_FIRED.labels(rule)
+        if d.wait is not None:
+            metrics.TRIGGER_LATENCY_SECONDS.labels(rule)
     timer = metrics.StageTimer("triggers")
     n = p.settings.partitions
-    delay_ms = int(p.settings.cart_abandon_delay_s * 1000)
-    triggers_topic = p.topic(TRIGGERS)
-    # which persons to look at when time moves: those with a pending cart, by earliest due
-    index = streamtime.DueIndex(pending, cart_abandon.next_due)
+    featured_topic, triggers_topic = p.topic(FEATURED), p.topic(TRIGGERS)
+    # which persons to look at when time moves: those with a wait or a deferred decision, by when
+    index = streamtime.DueIndex(table, person.next_due)
     p.on_revoked(index.forget)
 
-    @p.app.agent(p.topic(FEATURED), name="triggers")
+    def calendar(now_ms: int) -> dict[str, Any]:
+        campaigns = p.reference.all("calendar") if p.reference is not None else []
+        return calendar_now(campaigns, now_ms)
+
+    @p.app.agent(featured_topic, name="triggers")
     async def triggers(stream: Any) -> None:
         async for event in stream.events():
             timer.start()
             part = event.message.partition
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
-            touched: dict[str, dict[str, Any]] = {}
-            claims = redelivery.Claims(batch)
-            fired: list[tuple[Any, bytes, bytes, None]] = []
-            for op in batch["ops"]:
-                if op["kind"] != "event":
-                    continue
-                person = op["person_id"]
-                state = touched.get(person) or pending.get(person) or cart_abandon.empty(person, part)
-                # The claim is kept only with a state worth keeping: carts are replay-safe by
-                # themselves (fired carts are remembered), persons without any need no entry.
-                if claims.new(person, state) and cart_abandon.on_event(state, op["event"], delay_ms):
-                    touched[person] = state
-
             stream_time = streamtime.advance_person_batch(clocks, part, batch, n)
             metrics.STREAM_TIME.labels("triggers", str(part)).set(stream_time)
+            cal = calendar(stream_time)
+            entries = HeldWrites(table)
+            decisions: list[dict[str, Any]] = []
 
-            for person, state in touched.items():
-                index.update(part, person, state)
-            for person in index.due(part, stream_time):
-                state = touched.get(person) or pending.get(person)
-                if state is None:
-                    index.drop(part, person)
-                    continue
-                for trig in cart_abandon.fire_due(state, stream_time):
-                    fired.append((triggers_topic, person.encode(), avro.encode(avro.TRIGGER, trig), None))
-                    metrics.TRIGGERS_FIRED.labels(trig["rule"]).inc()
-                    # Due time (event time + delay) to publication, by the wall clock: with
-                    # TOUCHLINE_CLOCK=wall this is how late the reminder went out
-                    # (allowed lateness included); under a manual clock it means nothing.
-                    late_ms = int(time.time() * 1000) - trig["due_at_ms"]
-                    metrics.TRIGGER_LATENCY_SECONDS.labels(trig["rule"]).observe(max(0, late_ms) / 1000)
-                touched[person] = state
-                index.update(part, person, state)
-            # Fired triggers reach the broker before the states that forget their carts.
-            await timer.outside(deliver(fired))
-            for person, state in touched.items():
-                pending[person] = state
+            def step(entry: dict[str, Any], input: Any, now_ms: int = stream_time,
+                     cal: dict[str, Any] = cal, decisions: list[dict[str, Any]] = decisions) -> None:
+                ctx = person.context(entry, policy, cal, wait_ms)
+                decisions.extend(engine.step(entry["engine"], definitions, input, now_ms, ctx)[1])
+
+            gone, moves, snapshots = _apply(batch, entries, part, n, policy, step)
+            for snapshot_entry, snapshot in snapshots:
+                step(snapshot_entry, snapshot)
+            index.hold_due(part, stream_time, entries, gone)
+            for who, entry in entries.items():
+                step(entry, None)  # the clock advance: due waits and deferred decisions are decided
+                index.update(part, who, entry)
+
+            sends: list[tuple[Any, bytes | None, bytes | None, int | None]] = [
+                (featured_topic, None, avro.encode(avro.PERSON_BATCH, {
+                    "batch_id": f"{batch['batch_id']}/trigger-move", "source_partition": -1,
+                    "watermark_ms": 0, "source_offset": -1, "ops": ops}), dest)
+                for dest, ops in moves.items()
+            ]
+            published = [person.trigger_record(d) for d in decisions if d["outcome"] in person.PUBLISHED]
+            sends += [(triggers_topic, r["person_id"].encode(), avro.encode(avro.TRIGGER, r), None)
+                      for r in published]
+            # Moves and records first: a person merged away leaves the table only once the broker
+            # holds its state for the survivor, and a decision is remembered only once published.
+            await timer.outside(deliver(sends))
+            for who in gone:
+                index.drop(part, who)
+            entries.flush(removed=gone)
+            _count(decisions, published)
             metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
             timer.stop()
 
+
+def _apply(
+    batch: dict[str, Any], entries: HeldWrites, part: int, n: int, policy: delivery.Policy, step: Any,
+) -> tuple[set[str], dict[int, list[dict[str, Any]]], list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """Apply one batch's ops to ``entries``: features, events (``step``), merges and handed-over states.
+    Returns the persons merged away, the trigger_state ops for their survivors by partition, and the
+    (entry, snapshot) pairs still to step (after every event of the batch)."""
+    gone: set[str] = set()
+    moves: dict[int, list[dict[str, Any]]] = {}
+    snapshots: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    claims = redelivery.Claims(batch)  # a redelivered batch is skipped person by person
+
+    def entry_of(who: str) -> dict[str, Any]:
+        current = entries.get(who) or person.empty(who, part)
+        entries[who] = current  # held: written back after the batch's outputs
+        gone.discard(who)
+        return current
+
+    # The features after the batch first: events of the batch are judged on them.
+    for op in batch["ops"]:
+        if op["kind"] == "features" and op.get("features"):
+            entry = entry_of(op["person_id"])
+            if claims.new(op["person_id"], entry):
+                snapshot = json.loads(op["features"])
+                person.keep_features(entry, snapshot)
+                snapshots.append((entry, snapshot))
+    for op in batch["ops"]:
+        who = op["person_id"]
+        if op["kind"] == "event":
+            entry = entry_of(who)
+            if claims.new(who, entry):
+                person.note_handles(entry, op["event"])
+                step(entry, op["event"])
+        elif op["kind"] == "merge":
+            leaving = entries.pop(who, None) or entries.get(who)
+            if leaving is not None and who not in gone:
+                into = op["other_person"]
+                moves.setdefault(partition_for(into, n), []).append(
+                    {"kind": "trigger_state", "person_id": into, "event": None, "other_person": who,
+                     "absorbed_state": person.handed_over(leaving), "features": None})
+            gone.add(who)
+        elif op["kind"] == "trigger_state" and op.get("absorbed_state"):
+            person.absorb(entry_of(who), op["other_person"], json.loads(op["absorbed_state"]), policy)
+    return gone, moves, snapshots
+
+
+def _count(decisions: list[dict[str, Any]], published: list[dict[str, Any]]) -> None:
+    for d in decisions:
+        metrics.TRIGGER_DECISIONS.labels(d["rule"], d["outcome"], d["reason"] or "").inc()
+    now_ms = int(time.time() * 1000)
+    for r in published:
+        metrics.TRIGGERS_FIRED.labels(r["rule"]).inc()
+        # Due time to publication, by the wall clock: with TOUCHLINE_CLOCK=wall this is how late
+        # the decision went out (allowed lateness included); under a manual clock it means nothing.
+        metrics.TRIGGER_LATENCY_SECONDS.labels(r["rule"]).observe(max(0, now_ms - r["due_at_ms"]) / 1000)

@@ -1,0 +1,115 @@
+"""One person's entry in the triggers stage's ``trigger-state`` table, and its records. Pure.
+
+An entry wraps the engine's per-person state (``streams/triggers/engine.py``)
+with what the stage needs around it:
+
+- ``engine``: the engine state (waits, deferred decisions, decided keys, delivery counters);
+- ``features``: the person's latest features snapshot, cut to what conditions
+  and delivery read (``FEATURE_KEYS``): the features agent carries each snapshot
+  it publishes on ``internal.featured`` as a ``features`` op of the batch it was
+  taken after, so the entry holds exactly the last published one;
+- ``handles``: the WeChat openids seen on the person's own events, per channel
+  (``wechat_oa``, ``mini_program``): the recipient handle of those channels;
+- ``src``: the redelivery marks (streams/redelivery.py);
+- ``absorbed``: the persons already merged into this one (the latest
+  ``ABSORBED_KEPT``), so a merged-away person's state handed over twice is
+  folded in once;
+- ``partition``: the person's partition, for the due index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from streams.triggers import delivery, engine
+from streams.triggers.engine import Context
+from streams.triggers.vocabulary import FEATURES
+
+Entry = dict[str, Any]
+ABSORBED_KEPT = 64
+# What the entry keeps of a snapshot: the features conditions may read, and the recipient's facts.
+FEATURE_KEYS = frozenset(FEATURES) | {"person_id", "member_id", "consent", "reachable", "preferred_channel"}
+PUBLISHED = (delivery.FIRE, delivery.HOLDOUT, delivery.SUPPRESSED)  # final decisions go on triggers.fired
+
+
+def empty(person_id: str, partition: int) -> Entry:
+    return {"engine": engine.empty(person_id), "features": None, "handles": {}, "absorbed": [],
+            "partition": partition}
+
+
+def keep_features(entry: Entry, snapshot: Mapping[str, Any]) -> None:
+    kept = {k: v for k, v in snapshot.items() if k in FEATURE_KEYS}
+    if kept.get("interest_category") is None:
+        kept["interest_category"] = interest_category(snapshot)
+    entry["features"] = kept
+
+
+def interest_category(snapshot: Mapping[str, Any]) -> str | None:
+    """The category the short-term interest moved to, where the snapshot does not name it: the one
+    whose short-term share gained most over its long-term share (None without a gain)."""
+    short, long = snapshot.get("interest_short") or {}, snapshot.get("interest_long") or {}
+    gains = {c: share - long.get(c, 0.0) for c, share in short.items()}
+    best = max(sorted(gains), key=lambda c: gains[c], default=None)
+    return best if best is not None and gains[best] > 0 else None
+
+
+def note_handles(entry: Entry, enriched: Mapping[str, Any]) -> None:
+    """Remember the openid of a live WeChat event: it is the handle of that channel."""
+    tp = enriched["touchpoint"]
+    openid = (tp.get("identifiers") or {}).get("wechat_openid")
+    if openid and tp["channel"] in delivery.HANDLE_CHANNELS and not tp.get("historical"):
+        entry["handles"][tp["channel"]] = openid
+
+
+def context(entry: Entry, policy: delivery.Policy, calendar: Mapping[str, Any],
+            wait_ms: Mapping[str, int]) -> Context:
+    """The engine's context for this person: their latest features and the recipient they make.
+    Without a snapshot yet the person reaches no channel (decisions are suppressed as unreachable)."""
+    features = entry["features"]
+    if features is None:
+        return Context(policy, None, None, calendar, wait_ms)
+    recipient = engine.recipient_of(features, entry["handles"])
+    # The features' reachable channels are those with consent, so a withdrawn consent would read as
+    # unreachable: a WeChat channel whose openid is known and whose consent was answered no stays
+    # in reach, and delivery suppresses it as no_consent.
+    withdrawn = {ch: h for ch, h in entry["handles"].items()
+                 if ch in delivery.CONSENT_OF and recipient.consent.get(delivery.CONSENT_OF[ch]) is False}
+    recipient = replace(recipient, reach={**withdrawn, **recipient.reach})
+    return Context(policy, recipient, features, calendar, wait_ms)
+
+
+def handed_over(entry: Mapping[str, Any]) -> str:
+    """What a trigger_state op carries of a merged-away person to the survivor's partition."""
+    return json.dumps({"engine": entry["engine"], "handles": entry["handles"], "absorbed": entry["absorbed"]})
+
+
+def absorb(entry: Entry, person_id: str, gone: Mapping[str, Any], policy: delivery.Policy) -> bool:
+    """Fold the merged-away ``person_id``'s handed-over state into ``entry``; False if already folded in."""
+    me = entry["engine"]["person_id"]
+    if person_id in entry["absorbed"] or person_id == me:
+        return False
+    entry["engine"] = engine.merge_states(entry["engine"], gone["engine"], policy)
+    entry["handles"] = {**gone["handles"], **entry["handles"]}
+    kept = [p for p in (*entry["absorbed"], *gone.get("absorbed", ()), person_id) if p != me]
+    entry["absorbed"] = list(dict.fromkeys(kept))[-ABSORBED_KEPT:]
+    return True
+
+
+def next_due(entry: Mapping[str, Any]) -> int | None:
+    return engine.next_due(entry["engine"])
+
+
+def trigger_record(decision: Mapping[str, Any]) -> dict[str, Any]:
+    """The Trigger record (schemas/com.touchline.triggers.Trigger.avsc) of an engine decision."""
+    ids = decision["event_ids"]
+    return {
+        "trigger_id": decision["trigger_id"], "rule": decision["rule"], "person_id": decision["person_id"],
+        "member_id": decision["member_id"], "correlation_key": decision["correlation_key"],
+        "source_event_id": ids[-1] if ids else "", "due_at_ms": decision["due_at_ms"],
+        "fired_at_ms": decision["decided_at_ms"], "payload": decision["payload"], "outcome": decision["outcome"],
+        "reason": decision["reason"], "channel": decision["channel"], "handle": decision["handle"],
+        "evidence": decision["evidence"], "event_ids": list(ids),
+    }
