@@ -206,13 +206,17 @@ def _state(workers: list[Child]) -> dict[str, Any]:
     }
 
 
-def identity_alone(settings: Settings, traffic: Any) -> dict[str, float]:
+def valid_touchpoints(traffic: Any) -> list[dict[str, Any]]:
+    """The traffic's valid touchpoints (late ones included), decoded: what the stages alone run on."""
+    return [avro.decode(r.value)[1] for r in traffic.records if r.kind in ("event", "late")]
+
+
+def identity_alone(settings: Settings, touchpoints: list[dict[str, Any]]) -> dict[str, float]:
     """The sharded identity graph's protocol alone (streams/identity/shards.py), in this process:
-    every valid event of the traffic placed by its message, each of ``settings.partitions``
+    every touchpoint placed by its message, each of ``settings.partitions``
     partitions a FIFO queue of JSON messages handled in turn, until no message is left. What the
     identity-graph agent adds on top (Kafka, Faust, changelogs) is not counted."""
     rules, n = settings.identity_rules(), settings.partitions
-    touchpoints = [avro.decode(r.value)[1] for r in traffic.records if r.kind in ("event", "late")]
     queues: list[deque[str]] = [deque() for _ in range(n)]
     records: dict[str, Any] = {}
     assigned: dict[str, Any] = {}
@@ -244,14 +248,13 @@ def identity_alone(settings: Settings, traffic: Any) -> dict[str, float]:
             "persons": len({a["person"] for a in assigned.values()}), "partitions": n}
 
 
-def features_alone(settings: Settings, traffic: Any) -> dict[str, float]:
+def features_alone(settings: Settings, touchpoints: list[dict[str, Any]]) -> dict[str, float]:
     """Feature updates alone (streams/features/member.py over profile.py), in this process: the
-    traffic's valid events in batches of ``ingest_batch_size``, each event applied to its person's
+    touchpoints in batches of ``ingest_batch_size``, each event applied to its person's
     entry, then per batch each touched person's snapshot taken at the batch's newest event time,
     Avro-encoded when it changed, and the entry JSON-encoded as its changelog record would be.
     A person is the event's member id, else its first identifier (no identity resolution here)."""
     cfg = settings.feature_settings()
-    touchpoints = [avro.decode(r.value)[1] for r in traffic.records if r.kind in ("event", "late")]
     entries: dict[str, Any] = {}
     size, published, written = settings.ingest_batch_size, 0, 0
     before = time.process_time()
@@ -340,8 +343,9 @@ def bench(events: int, out_path: Path) -> dict[str, Any]:
         create_topics(s)
         produce(s, traffic)
         result["ceiling"] = ceiling(s, traffic.truth.records_sent)
-        result["identity_alone"] = identity_alone(base, traffic)
-        result["features_alone"] = features_alone(base, traffic)
+        touchpoints = valid_touchpoints(traffic)
+        result["identity_alone"] = identity_alone(base, touchpoints)
+        result["features_alone"] = features_alone(base, touchpoints)
         result["pipeline_1w"] = pipeline(base, broker, traffic, 1, run_dir)
         result["pipeline_2w"] = pipeline(base, broker, traffic, 2, run_dir)
         half = result["pipeline_2w"]["events_per_wall_s"] / 2

@@ -106,6 +106,45 @@ class HeldWrites(dict):  # type: ignore[type-arg]
             self.table[key] = value
 
 
+class PersonEntries(HeldWrites):
+    """One person batch's entries in a person-keyed stage (features, triggers): held writes over
+    the stage's table, plus the persons the batch merges away. A merged-away person's entry is
+    handed to the survivor's partition as an op of the stage's own kind, and the person leaves
+    the table (``flush(removed=gone)``) only after that op is delivered."""
+
+    def __init__(self, table: Any, partition: int, partitions: int, empty: Callable[[str, int], Any]) -> None:
+        super().__init__(table)
+        self.partition, self.partitions, self.empty = partition, partitions, empty
+        self.gone: set[str] = set()
+        self.moves: dict[int, list[dict[str, Any]]] = {}  # survivor's partition -> hand-over ops
+
+    def entry_of(self, person: str) -> Any:
+        """The person's entry (new if the table has none), held: written back after the batch's outputs."""
+        current = self.get(person) or self.empty(person, self.partition)
+        self[person] = current
+        self.gone.discard(person)
+        return current
+
+    def leave(self, op: dict[str, Any], kind: str, handed_over: Callable[[Any], str], **fields: Any) -> None:
+        """A merge op naming a person this partition owns: hand its entry to the survivor's partition
+        (an op of ``kind`` carrying ``handed_over(entry)``), then forget it."""
+        person = op["person_id"]
+        leaving = self.pop(person, None) or self.get(person)
+        if leaving is not None and person not in self.gone:
+            into = op["other_person"]
+            self.moves.setdefault(partition_for(into, self.partitions), []).append(
+                {"kind": kind, "person_id": into, "event": None, "other_person": person,
+                 "absorbed_state": handed_over(leaving), **fields})
+        self.gone.add(person)
+
+    def move_batches(self, batch: dict[str, Any], suffix: str) -> list[tuple[int, dict[str, Any]]]:
+        """The hand-over ops as person batches, by destination partition (not stamped: the
+        survivor's entry folds each in once, streams/redelivery.py ``absorb_once``)."""
+        return [(dest, {"batch_id": f"{batch['batch_id']}/{suffix}", "source_partition": -1,
+                        "watermark_ms": 0, "source_offset": -1, "ops": ops})
+                for dest, ops in self.moves.items()]
+
+
 async def deliver(sends: Sequence[tuple[Any, bytes | None, bytes | None, int | None]]) -> None:
     """Send (topic, key, value, partition) records and wait until the broker holds every one.
 

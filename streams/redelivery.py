@@ -11,8 +11,10 @@ applied, and a batch at or below it is skipped whole for that person: exact
 whatever the number of events, and a few integers per person instead of a
 list of recent event ids.
 
-Features-internal moves (source partition -1) are not stamped; what they carry
-is applied once by its own means (``merged_from``).
+Moves between person partitions (a merged-away person's state handed to the
+survivor; source partition -1) are not stamped: the survivor's entry lists the
+persons it has absorbed (``absorb_once``), so a state handed over twice is
+folded in once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 KEY = "src"  # in a person's state: {identity partition: last ingested offset applied}
+ABSORBED_KEPT = 64  # persons merged in that a repeated hand-over is recognised for
 
 
 def claim(state: dict[str, Any], batch: Mapping[str, Any]) -> bool:
@@ -49,3 +52,15 @@ class Claims:
         if fresh is None:
             fresh = self._new[person] = claim(state, self.batch)
         return fresh
+
+
+def absorb_once(entry: dict[str, Any], me: str, person_id: str, gone: Mapping[str, Any]) -> bool:
+    """True (and remember it in ``entry["absorbed"]``, with the persons ``gone`` had absorbed) if
+    the merged-away ``person_id``'s handed-over state ``gone`` is new to the entry of person
+    ``me``; False if it was folded in already (or is ``me``). The entry keeps the latest
+    ``ABSORBED_KEPT``."""
+    if person_id in entry["absorbed"] or person_id == me:
+        return False
+    kept = [p for p in (*entry["absorbed"], *gone.get("absorbed", ()), person_id) if p != me]
+    entry["absorbed"] = list(dict.fromkeys(kept))[-ABSORBED_KEPT:]
+    return True

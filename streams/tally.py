@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import KeysView
+from collections.abc import KeysView, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,15 +57,20 @@ class Tally:
         return [r for r in self.triggers.values() if r["rule"] == rule]
 
     def final_person(self, person: str) -> str:
-        seen = set()
-        while person in self.merged_into and person not in seen:
-            seen.add(person)
-            person = self.merged_into[person]
-        return person
+        return final_person(self.merged_into, person)
 
     @property
     def persons(self) -> int:
         return len({self.final_person(p) for p in self.person_of_event.values()})
+
+
+def final_person(merged_into: Mapping[str, str], person: str) -> str:
+    """The person ``person`` ends up as, following merges (from -> into) through chains."""
+    seen = set()
+    while person in merged_into and person not in seen:
+        seen.add(person)
+        person = merged_into[person]
+    return person
 
 
 TALLY_TOPICS = (ENRICHED, IDENTITY_CHANGES, TRIGGERS, DEAD_LETTERS)

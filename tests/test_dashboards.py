@@ -14,7 +14,6 @@ its rows must equal the literals below, each worked out from the journeys
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from streams.kafka.clients import producer
 from streams.sink import query as ch
 from streams.topics import DEAD_LETTERS, RAW
 from tests.conftest import T0, Stack, encoded, touchpoint
+from tests.panels import same
 
 SHANGHAI = timezone(timedelta(hours=8))
 DAY_MS = 86_400_000
@@ -473,14 +473,6 @@ def test_reporting_tz_is_the_settings_default_and_buckets_every_day() -> None:
                     assert "'${reporting_tz}'" in arg[:i], (p.title, call + arg[:i])
 
 
-def _same(got: Any, want: Any) -> bool:
-    if isinstance(want, float) and isinstance(got, (int, float)):
-        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
-    if isinstance(want, list):
-        return isinstance(got, list) and len(got) == len(want) and all(map(_same, got, want))
-    return bool(got == want)
-
-
 @pytest.mark.e2e
 def test_every_clickhouse_panel_returns_the_hand_computed_numbers(stack_factory, tmp_path) -> None:
     stack = stack_factory(workers=2)
@@ -492,7 +484,7 @@ def test_every_clickhouse_panel_returns_the_hand_computed_numbers(stack_factory,
             want_columns, want_rows = EXPECTED[(panel.dashboard_uid, panel.panel_id)][name]
             got = ch.query(stack.settings, sql, open_directly=False)
             columns_ok = got["columns"] == want_columns or (not got["rows"] and not got["columns"])  # empty: no header
-            if not columns_ok or not _same(got["rows"], want_rows):
+            if not columns_ok or not same(got["rows"], want_rows):
                 failures.append(f"{panel.dashboard_uid} #{panel.panel_id} {panel.title!r} over {name}:\n"
                                 f"  got  {got['columns']} {got['rows']}\n  want {want_columns} {want_rows}")
     assert not failures, "\n".join(failures)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import avro
+from streams import avro, redelivery
 from streams.features import member, profile
 from streams.features.config import FeatureSettings
 from streams.features.windows import DAY_MS
@@ -72,9 +72,9 @@ def test_an_absorb_folds_the_merged_persons_events_in_once(a_plan: list[tuple[st
 
 def test_the_absorbed_record_is_bounded() -> None:
     survivor = entry_of("p-a", [enriched("e", "page_viewed", T0)])
-    for i in range(member.ABSORBED_KEPT + 10):
+    for i in range(redelivery.ABSORBED_KEPT + 10):
         assert member.absorb(survivor, f"p-{i}", entry_of(f"p-{i}", []), CFG)
-    assert len(survivor["absorbed"]) == member.ABSORBED_KEPT and survivor["absorbed"][-1] == f"p-{member.ABSORBED_KEPT + 9}"
+    assert len(survivor["absorbed"]) == redelivery.ABSORBED_KEPT and survivor["absorbed"][-1] == f"p-{redelivery.ABSORBED_KEPT + 9}"
 
 
 def test_the_record_is_the_member_features_contract_and_round_trips() -> None:

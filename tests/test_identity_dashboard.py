@@ -25,7 +25,6 @@ p(kiosk) = {kiosk}: 6 persons, 8 identifiers, 5 with a member id, the largest ho
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -33,11 +32,11 @@ from typing import Any
 
 import pytest
 
-from streams.dashboards import clickhouse_panels, dashboards, expand, variables
 from streams.identity import profile
 from streams.identity.links import person_id_for
 from streams.sink import query as ch
 from tests.conftest import T0, encoded, touchpoint
+from tests.panels import panel_failures
 
 pytestmark = pytest.mark.e2e
 
@@ -120,14 +119,6 @@ EXPECTED: dict[int, dict[str, tuple[list[str], list[list[Any]]]]] = {
 }
 
 
-def _same(got: Any, want: Any) -> bool:
-    if isinstance(want, float) and isinstance(got, (int, float)):
-        return math.isclose(got, want, rel_tol=1e-9)
-    if isinstance(want, list):
-        return isinstance(got, list) and len(got) == len(want) and all(map(_same, got, want))
-    return bool(got == want)
-
-
 def _settle(settings: Any, done: Callable[[list[list[Any]], dict[str, str]], bool], what: str) -> None:
     deadline = time.monotonic() + 90
     changes: list[list[Any]] = []
@@ -151,19 +142,7 @@ def test_identity_panels_and_lookup_show_merges_conflicts_and_splits(stack_facto
         _settle(stack.settings, done, f"step {i + 1} ({', '.join(e['event_id'] for e in events)})")
     assert ch.rows(stack.settings, GRAPH, open_directly=False) == CHANGES
 
-    [path] = [p for p in dashboards() if clickhouse_panels(p) and clickhouse_panels(p)[0].dashboard_uid == UID]
-    panels = clickhouse_panels(path)
-    assert sorted(p.panel_id for p in panels) == sorted(EXPECTED)
-    failures = []
-    for panel in panels:
-        for name, (start, end, interval_s) in RANGES.items():
-            got = ch.query(stack.settings, expand(panel.raw_sql, start, end, interval_s, variables(path)),
-                           open_directly=False)
-            want_columns, want_rows = EXPECTED[panel.panel_id][name]
-            columns_ok = got["columns"] == want_columns or (not got["rows"] and not want_columns)
-            if not columns_ok or not _same(got["rows"], want_rows):
-                failures.append(f"#{panel.panel_id} {panel.title!r} over {name}:\n"
-                                f"  got  {got['columns']} {got['rows']}\n  want {want_columns} {want_rows}")
+    failures = panel_failures(stack.settings, UID, EXPECTED, RANGES)
     assert not failures, "\n".join(failures)
 
     # The lookup: the tablet finds M1's person with the cookie, the merge and the refused link to M2.

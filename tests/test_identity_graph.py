@@ -270,7 +270,8 @@ def test_a_group_written_before_edge_digests_reads_the_same() -> None:
     key = "member_id:A\tphone:p1"
     old = new.to_json()
     old = {**old, "nodes": {i: {"first": [T0, "a0"], "anchors": a, "nbrs": new.nbrs[i]} for i, a in old["nodes"].items()},
-           "edges": {**old["edges"], key: {**old["edges"][key], "ev": ["a0", "a1", "a2"]}}}
+           "edges": {key: {**old["edges"][key], "ev": ["a0", "a1", "a2"]},
+                     "member_id:B\tphone:p1": {**old["edges"]["member_id:B\tphone:p1"], "ev": ["b0"]}}}
     read = Graph.from_json(old)
     assert read.to_json() == new.to_json() and read.nbrs == new.nbrs
     assert read.add(ev("a1", 1, member_id="A", phone="p1")).changes == []  # a1 again: already counted

@@ -211,16 +211,15 @@ def test_a_login_on_another_partition_merges_the_cookie_history_into_the_member(
 def test_the_bench_runs_the_protocol_to_the_reference_clustering() -> None:
     """`make bench`'s "identity resolution alone" resolves the simulated traffic completely: its
     identifiers and persons are those of the reference clustering of the same events."""
-    from streams import avro
-    from streams.bench import identity_alone
+    from streams.bench import identity_alone, valid_touchpoints
     from streams.settings import Settings
     from streams.simulate.traffic import SimConfig, generate
 
     traffic = generate(SimConfig(seed=5, events=600, persons=40, duplicate_rate=0.0, malformed_rate=0.0,
                                  late_rate=0.0, shared_devices=1))
     settings = Settings()
-    got = identity_alone(settings, traffic)
-    events = [avro.decode(r.value)[1] for r in traffic.records if r.kind in ("event", "late")]
+    events = valid_touchpoints(traffic)
+    got = identity_alone(settings, events)
     reference, _ = cluster(events, settings.identity_rules())
     assert got["events"] == len(events) and got["messages"] >= len(events)
     assert (got["identifiers"], got["persons"]) == (len(reference), len(set(reference.values())))

@@ -26,8 +26,9 @@ from typing import Any
 
 from streams import avro, metrics, redelivery, streamtime
 from streams.features import member, profile
-from streams.pipeline import HeldWrites, Pipeline, deliver
-from streams.topics import FEATURED, MEMBER_FEATURES, PERSON_OPS, partition_for
+from streams.features.config import FeatureSettings
+from streams.pipeline import PersonEntries, Pipeline, deliver
+from streams.topics import FEATURED, MEMBER_FEATURES, PERSON_OPS
 
 
 def register(p: Pipeline) -> None:
@@ -51,14 +52,13 @@ def register(p: Pipeline) -> None:
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
             stream_time = streamtime.advance_person_batch(clocks, part, batch, n)
             metrics.STREAM_TIME.labels("features", str(part)).set(stream_time)
-            entries = HeldWrites(table)
-            gone, moves = _apply(batch, entries, part, n, cfg)
+            entries = PersonEntries(table, part, n, member.empty)
+            _apply(batch, entries, cfg)
+            gone = entries.gone
             index.hold_due(part, stream_time, entries, gone)
             sends: list[tuple[Any, bytes | None, bytes | None, int | None]] = [
-                (ops_topic, None, avro.encode(avro.PERSON_BATCH, {
-                    "batch_id": f"{batch['batch_id']}/move", "source_partition": -1,
-                    "watermark_ms": 0, "source_offset": -1, "ops": ops}), dest)
-                for dest, ops in moves.items()
+                (ops_topic, None, avro.encode(avro.PERSON_BATCH, moved), dest)
+                for dest, moved in entries.move_batches(batch, "move")
             ]
             sends += [(snapshots_topic, person.encode(), None, None) for person in gone]
             snapshots: list[dict[str, Any]] = []
@@ -91,37 +91,17 @@ def _featured(batch: dict[str, Any], snapshots: list[dict[str, Any]]) -> bytes:
     return avro.encode(avro.PERSON_BATCH, {**batch, "ops": ops})
 
 
-def _apply(
-    batch: dict[str, Any], entries: HeldWrites, part: int, n: int, cfg: Any,
-) -> tuple[set[str], dict[int, list[dict[str, Any]]]]:
-    """Apply one batch of person ops to ``entries``; return the persons merged away and the absorb ops
-    for their survivors, by the survivors' partitions."""
-    gone: set[str] = set()
-    moves: dict[int, list[dict[str, Any]]] = {}
+def _apply(batch: dict[str, Any], entries: PersonEntries, cfg: FeatureSettings) -> None:
+    """Apply one batch of person ops to ``entries`` (persons merged away and their absorb ops end
+    in ``entries.gone`` and ``entries.moves``)."""
     claims = redelivery.Claims(batch)  # a redelivered batch is skipped person by person
-
-    def entry_of(person: str) -> dict[str, Any]:
-        current = entries.get(person) or member.empty(person, part)
-        entries[person] = current  # held: written back (and snapshotted) after the batch's outputs
-        gone.discard(person)
-        return current
-
     for op in batch["ops"]:
         person = op["person_id"]
         if op["kind"] == "event":
-            entry = entry_of(person)
+            entry = entries.entry_of(person)
             if claims.new(person, entry):
                 profile.apply(entry["profile"], op["event"], cfg)
         elif op["kind"] == "merge":
-            # This partition owns the person being merged away: hand its entry to the
-            # survivor's partition, then forget it.
-            leaving = entries.pop(person, None) or entries.get(person)
-            if leaving is not None and person not in gone:
-                into = op["other_person"]
-                moves.setdefault(partition_for(into, n), []).append(
-                    {"kind": "absorb", "person_id": into, "event": None, "other_person": person,
-                     "absorbed_state": member.handed_over(leaving)})
-            gone.add(person)
+            entries.leave(op, "absorb", member.handed_over)
         elif op["kind"] == "absorb" and op.get("absorbed_state"):
-            member.absorb(entry_of(person), op["other_person"], json.loads(op["absorbed_state"]), cfg)
-    return gone, moves
+            member.absorb(entries.entry_of(person), op["other_person"], json.loads(op["absorbed_state"]), cfg)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any
 
 DAYS_PER_WEEK = 7
-HORIZON_DAYS = 4096  # purchase days kept one by one before the latest (about 11 years; at most 512 bytes)
+HORIZON_DAYS = 4096  # purchase days kept one by one before the latest (about 11 years; at most 1,024 hex digits)
 SERIES_TOLERANCE = 1e-14  # relative bound on the truncated tail of a hypergeometric series
 _MAX_TERMS = 1_000_000
 
@@ -133,17 +133,9 @@ class PurchaseDays:
                 "recent": format(self.recent, "x"), "exact": self.exact}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PurchaseDays:
+    def from_json(cls, data: Mapping[str, Any]) -> PurchaseDays:
         return cls(int(data["first"]), int(data["last"]), int(data["count"]), int(data["recent"], 16),
                    bool(data["exact"]))
-
-
-def purchase_days(days: Iterable[date | int]) -> PurchaseDays | None:
-    """The state after adding ``days`` in the order given; None for no days."""
-    state = None
-    for d in days:
-        state = PurchaseDays.single(d) if state is None else state.add(d)
-    return state
 
 
 class ParamsError(ValueError):

@@ -31,7 +31,8 @@ from typing import Any
 
 from streams.features.bgnbd import FittedModel, fit, inputs_from_days
 from streams.settings import Settings, SettingsError
-from streams.sink.query import QueryError, rows
+from streams.sink.query import QueryError, quote, rows
+from streams.tally import final_person
 
 Orders = dict[str, set[int]]  # customer -> distinct purchase days (date.toordinal())
 
@@ -101,25 +102,17 @@ def read_orders(path: Path, fmt: str = "auto") -> Orders:
     return _read_csv(path) if fmt == "csv" else _read_cdnow(path)
 
 
-def _quote(s: str) -> str:
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def clickhouse_orders(settings: Settings, calibration_end: date) -> Orders:
     """Each person's distinct order days up to ``calibration_end``, read from ClickHouse."""
-    day = f"toDate(event_time, {_quote(settings.reporting_timezone)})"
+    day = f"toDate(event_time, {quote(settings.reporting_timezone)})"
     found = rows(settings, f"SELECT person_id, toString({day}) AS day FROM touchpoints_enriched FINAL "
-                           f"WHERE event_type = 'order_completed' AND {day} <= toDate({_quote(calibration_end.isoformat())}) "
+                           f"WHERE event_type = 'order_completed' AND {day} <= toDate({quote(calibration_end.isoformat())}) "
                            "GROUP BY person_id, day")
     merged_into = dict(rows(settings, "SELECT from_person, any(into_person) FROM identity_changes FINAL "
                                       "WHERE kind = 'merge' GROUP BY from_person"))
     orders: Orders = defaultdict(set)
     for person, d in found:
-        seen = set()
-        while person in merged_into and person not in seen:
-            seen.add(person)
-            person = merged_into[person]
-        orders[person].add(date.fromisoformat(d).toordinal())
+        orders[final_person(merged_into, person)].add(date.fromisoformat(d).toordinal())
     return orders
 
 

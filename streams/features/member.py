@@ -7,7 +7,7 @@ itself needs to be replay-safe and quiet:
 - ``src``: the redelivery marks (streams/redelivery.py): a person batch at or
   below them is skipped whole for this person;
 - ``absorbed``: the persons already merged into this one, the latest
-  ``ABSORBED_KEPT``. An absorb op names the merged-away person and carries its
+  ``redelivery.ABSORBED_KEPT``. An absorb op names the merged-away person and carries its
   raw entry; one naming a person already absorbed changes nothing, so an absorb
   delivered twice (a crash between handing a state over and forgetting it)
   does not count that person's events twice. The profile core itself does not
@@ -34,12 +34,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from streams import redelivery
 from streams.features import profile
 from streams.features.config import DEFAULTS, FeatureSettings
 from streams.features.windows import DAY_MS
 
 Entry = dict[str, Any]
-ABSORBED_KEPT = 64  # persons merged in that a repeated absorb is recognised for
 TOUCH_FIELDS = ("campaign", "source", "medium", "search_keyword", "kol_post_id", "referrer_id", "referrer_url",
                 "partner", "store_id")
 
@@ -51,11 +51,9 @@ def empty(person_id: str, partition: int) -> Entry:
 
 def absorb(entry: Entry, person_id: str, gone: Mapping[str, Any], cfg: FeatureSettings = DEFAULTS) -> bool:
     """Fold the merged-away ``person_id``'s entry ``gone`` into ``entry``; False if it was folded in already."""
-    if person_id in entry["absorbed"] or person_id == entry["profile"]["person_id"]:
+    if not redelivery.absorb_once(entry, entry["profile"]["person_id"], person_id, gone):
         return False
     entry["profile"] = profile.merge(entry["profile"], gone["profile"], cfg)
-    kept = [p for p in (*entry["absorbed"], *gone.get("absorbed", ()), person_id) if p != entry["profile"]["person_id"]]
-    entry["absorbed"] = list(dict.fromkeys(kept))[-ABSORBED_KEPT:]
     return True
 
 

@@ -267,7 +267,7 @@ def purchase_outlook(days: Mapping[str, Any] | None, now_ms: int,
     out: dict[str, Any] = {"p_alive": None, "expected_purchases_30d": None, "next_purchase_ms": None}
     if days is None:
         return out
-    state = bgnbd.PurchaseDays.from_json(dict(days))
+    state = bgnbd.PurchaseDays.from_json(days)
     nxt = state.next_purchase_day()
     if nxt is not None:
         out["next_purchase_ms"] = (nxt - EPOCH_DAY) * windows.DAY_MS

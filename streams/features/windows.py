@@ -44,7 +44,7 @@ import base64
 import copy
 from collections.abc import Sequence
 from itertools import zip_longest
-from typing import Any
+from typing import Any, TypeVar
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -58,6 +58,7 @@ TIERS = {"m": (5 * MINUTE_MS, 12), "h": (HOUR_MS, 24), "d": (DAY_MS, 90)}  # buc
 WINDOWS = {"1h": ("m", 12), "24h": ("h", 24), "7d": ("d", 7), "30d": ("d", 30), "90d": ("d", 90)}
 
 Buckets = dict[str, Any]
+T = TypeVar("T")
 
 
 def empty() -> Buckets:
@@ -78,17 +79,15 @@ def _encode(slots: int) -> str:
     return base64.b64encode(slots.to_bytes((slots.bit_length() + 7) // 8, "little")).decode()
 
 
+def _trimmed(items: list[T]) -> list[T]:
+    """``items`` without its trailing empty (falsy) ones: zero counts, empty buckets. In place."""
+    while items and not items[-1]:
+        items.pop()
+    return items
+
+
 def _add(row: Sequence[int], counts: Sequence[int]) -> list[int]:
-    out: list[int] = [x + y for x, y in zip_longest(row, counts, fillvalue=0)]
-    while out and not out[-1]:
-        out.pop()
-    return out
-
-
-def _trimmed(rows: list[list[int]]) -> list[list[int]]:
-    while rows and not rows[-1]:
-        rows.pop()
-    return rows
+    return _trimmed([x + y for x, y in zip_longest(row, counts, fillvalue=0)])
 
 
 def _summed(a: list[list[int]], b: list[list[int]]) -> list[list[int]]:
@@ -138,11 +137,12 @@ def totals(b: Buckets, newest_ms: int | None, now_ms: int) -> dict[str, dict[str
     slots = _slots(b)
     out = {}
     for name, (tier, n) in WINDOWS.items():
-        sums, sessions = [0] * len(METRICS), 0
+        sums: list[int] = []
+        sessions = 0
         if newest_ms is not None:
             size, now = TIERS[tier][0], max(now_ms, newest_ms)
-            for row in b[tier][: max(0, n - (now // size - newest_ms // size))]:
-                sums = _add(row, sums)
+            rows = b[tier][: max(0, n - (now // size - newest_ms // size))]
+            sums = [sum(column) for column in zip_longest(*rows, fillvalue=0)]
             start = (now // size - n + 1) * size
             span = newest_ms // SLOT_MS - start // SLOT_MS + 1  # half-hours from the window's first
             if span > 0:

@@ -138,10 +138,21 @@ def _edge_key(a: str, b: str) -> str:
     return f"{a}\t{b}" if a < b else f"{b}\t{a}"
 
 
-def _digests(event_ids: Iterable[str]) -> list[str]:
-    """What an edge keeps of each event: 12 hex digits of its id (a digest passes unchanged)."""
-    return [e if len(e) == DIGEST_HEX and not e.strip("0123456789abcdef")
-            else hashlib.blake2b(e.encode(), digest_size=DIGEST_HEX // 2).hexdigest() for e in event_ids]
+def _digest(event_id: str) -> str:
+    """What an edge keeps of an event: 12 hex digits of a digest of its id."""
+    return hashlib.blake2b(event_id.encode(), digest_size=DIGEST_HEX // 2).hexdigest()
+
+
+def _upgraded(state: Mapping[str, Any], cap: int) -> Mapping[str, Any]:
+    """A group's JSON in the current form. Groups written before edge digests kept each node as
+    {"first", "anchors", "nbrs"} and raw event ids on the edges; a group is written whole, so
+    its first node tells which form it is in."""
+    nodes = state["nodes"]
+    if not isinstance(next(iter(nodes.values()), None), dict):
+        return state
+    return {**state, "nodes": {i: n["anchors"] for i, n in nodes.items()},
+            "edges": {k: {"first": e["first"], "ev": _capped((), map(_digest, e["ev"]), cap)}
+                      for k, e in state["edges"].items()}}
 
 
 def _capped(a: Iterable[str], b: Iterable[str], cap: int) -> list[str]:
@@ -195,12 +206,9 @@ class Graph:
     @classmethod
     def from_json(cls, state: Mapping[str, Any], rules: Rules | None = None) -> Graph:
         g = cls(rules)
-        state = copy.deepcopy(state)  # the graph changes its own copy, never the state it came from
-        # nodes and edges as written before digests: {"first", "anchors", "nbrs"} and raw event ids
-        g.nodes = {i: n["anchors"] if isinstance(n, dict) else n for i, n in state["nodes"].items()}
-        g.edges = state["edges"]
-        for edge in g.edges.values():
-            edge["ev"] = _capped((), _digests(edge["ev"]), g.rules.edge_cap)
+        # the graph changes its own copy, never the state it came from
+        state = copy.deepcopy(_upgraded(state, g.rules.edge_cap))
+        g.nodes, g.edges = state["nodes"], state["edges"]
         g.nbrs = {i: [] for i in g.nodes}
         g._link(g.edges)
         g.flags = set(state.get("flags", ()))
@@ -239,7 +247,7 @@ class Graph:
         anchors = [i for i in ids if _kind(i) in self.rules.anchors]
         for ident in ids:
             self._node(ident, (a for a in anchors if a != ident))
-        digest = _digests([first[1]])
+        digest = [_digest(first[1])]
         for x in range(len(ids)):
             for y in range(x + 1, len(ids)):
                 self._edge(_edge_key(ids[x], ids[y]), first, digest)
@@ -323,11 +331,12 @@ class Graph:
         ``previous``: identifier -> person as it stood where those identifiers were
         clustered before (by default this graph's own view); changes are reported
         against it."""
+        other = _upgraded(other, self.rules.edge_cap)
         was_shared = {i for i in self.nodes if self.shared(i)}
-        for ident, node in other["nodes"].items():
-            self._node(ident, node["anchors"] if isinstance(node, dict) else node)
+        for ident, anchors in other["nodes"].items():
+            self._node(ident, anchors)
         for key, edge in other["edges"].items():
-            self._edge(key, edge["first"], _digests(edge["ev"]))
+            self._edge(key, edge["first"], edge["ev"])
         self.flags |= set(other.get("flags", ()))
         for key, reason in other["refused"].items():
             self.refused.setdefault(key, reason)  # a conflict reported there is not reported again

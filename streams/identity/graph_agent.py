@@ -66,6 +66,7 @@ def register(p: Pipeline) -> None:
             out: dict[int, list[dict[str, Any]]] = defaultdict(list)
             published: list[tuple[Any, bytes | None, bytes | None, int | None]] = []
             changed: Counter[str] = Counter()
+            now_ms = clock.now_ms()  # dates a change only when no event time reached it
             for msg in msgs:
                 key = msg["to"]
                 if msg["k"] == "assign":
@@ -81,7 +82,7 @@ def register(p: Pipeline) -> None:
                     out[partition_for(m["to"], n)].append(m)
                 if step.write is not None:
                     records[key] = step.write
-                for record in shards.change_records(step, clock.now_ms()):
+                for record in shards.change_records(step, now_ms):
                     changed[record["kind"]] += 1
                     published.append((changes, record["into_person"].encode() or record["from_person"].encode(),
                                       avro.encode(avro.IDENTITY_CHANGE, record), None))

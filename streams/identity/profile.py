@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from streams.sink.query import quote
 from streams.sink.rows import MEMBER_COLS
 from streams.touchpoint.normalise import normalise_identifiers
 from streams.touchpoint.taxonomy import ROUTE_IDENTIFIERS
@@ -49,28 +50,24 @@ def stored_form(identifier: str, salt: bytes, default_country: str) -> str:
     return f"{kind}:{ids[kind]}"
 
 
-def _quote(s: str) -> str:
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def lookup(query: Query, identifier: str) -> dict[str, Any] | None:
     """The profile of the person holding ``identifier`` (stored form), or None if unknown."""
     found = query(
         "SELECT person_id, member_id FROM identity_assignments FINAL "
-        f"WHERE identifier = {_quote(identifier)} AND is_deleted = 0")
+        f"WHERE identifier = {quote(identifier)} AND is_deleted = 0")
     if not found:
         return None
     person, member = found[0]
     identifiers = [r[0] for r in query(
         "SELECT identifier FROM identity_assignments FINAL "
-        f"WHERE person_id = {_quote(person)} AND is_deleted = 0 ORDER BY identifier")]
+        f"WHERE person_id = {quote(person)} AND is_deleted = 0 ORDER BY identifier")]
     history = [
         {"change_id": r[0], "kind": r[1], "from_person": r[2], "into_persons": list(r[3]), "reason": r[4],
          "identifiers": list(r[5]), "evidence_event_ids": list(r[6]), "event_time": r[7]}
         for r in query(
             "SELECT change_id, kind, from_person, into_persons, reason, identifiers, evidence_event_ids, event_time "
             f"FROM identity_changes FINAL WHERE resolver = 'graph' AND kind IN ('merge', 'split', 'conflict') "
-            f"AND (from_person = {_quote(person)} OR has(into_persons, {_quote(person)})) "
+            f"AND (from_person = {quote(person)} OR has(into_persons, {quote(person)})) "
             "ORDER BY event_time, change_id")
     ]
     return {"identifier": identifier, "person_id": person, "member_id": member,
@@ -83,7 +80,7 @@ FEATURE_COLUMNS = [c for c in MEMBER_COLS if c not in ("version", "is_deleted")]
 def features(query: Query, person: str) -> dict[str, Any] | None:
     """The person's latest features snapshot as the sink stores it, or None."""
     found = query(f"SELECT {', '.join(FEATURE_COLUMNS)} FROM member_snapshots FINAL "
-                  f"WHERE person_id = {_quote(person)} AND is_deleted = 0")
+                  f"WHERE person_id = {quote(person)} AND is_deleted = 0")
     return dict(zip(FEATURE_COLUMNS, found[0], strict=True)) if found else None
 
 

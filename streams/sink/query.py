@@ -25,6 +25,11 @@ from streams.settings import Settings
 MAX_SQL_BYTES = 1 << 20
 
 
+def quote(s: str) -> str:
+    """``s`` as a ClickHouse string literal."""
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat(sep=" ")

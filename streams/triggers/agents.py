@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from streams import avro, metrics, redelivery, streamtime
-from streams.pipeline import HeldWrites, Pipeline, deliver
-from streams.topics import FEATURED, TRIGGERS, partition_for
+from streams.pipeline import PersonEntries, Pipeline, deliver
+from streams.topics import FEATURED, TRIGGERS
 from streams.triggers import delivery, engine, person
 from streams.triggers.vocabulary import calendar_now
 
@@ -45,7 +46,7 @@ def register(p: Pipeline) -> None:
     table = p.table("trigger-pending", persons="triggers")  # keyed by person id: person.Entry
     clocks = p.table("trigger-clocks", partition_of=int)
     policy = delivery.Policy()
-    wait_ms = {CART_ABANDON: int(p.settings.cart_abandon_delay_s * 1000)} if CART_ABANDON in definitions else {}
+    wait_ms = {CART_ABANDON: int(p.settings.cart_abandon_delay_s * 1000)}  # read only for a defined rule
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("triggers")
     # Series exist from the start (at 0), so the first trigger shows in rate() and increase(): the
     # counters of every rule, the latency of the rules with a wait (decided when stream time reaches
@@ -61,9 +62,15 @@ def register(p: Pipeline) -> None:
     index = streamtime.DueIndex(table, person.next_due)
     p.on_revoked(index.forget)
 
-    def calendar(now_ms: int) -> dict[str, Any]:
+    def stepper(now_ms: int, decisions: list[dict[str, Any]]) -> Callable[[person.Entry, engine.Input], None]:
+        """One engine step on a person's entry at the batch's stream time; its decisions go to ``decisions``."""
         campaigns = p.reference.all("calendar") if p.reference is not None else []
-        return calendar_now(campaigns, now_ms)
+        cal = calendar_now(campaigns, now_ms)
+
+        def step(entry: person.Entry, input: engine.Input) -> None:
+            ctx = person.context(entry, policy, cal, wait_ms)
+            decisions.extend(engine.step(entry["engine"], definitions, input, now_ms, ctx)[1])
+        return step
 
     @p.app.agent(featured_topic, name="triggers")
     async def triggers(stream: Any) -> None:
@@ -73,16 +80,11 @@ def register(p: Pipeline) -> None:
             batch = avro.decode_as(avro.PERSON_BATCH, event.value)
             stream_time = streamtime.advance_person_batch(clocks, part, batch, n)
             metrics.STREAM_TIME.labels("triggers", str(part)).set(stream_time)
-            cal = calendar(stream_time)
-            entries = HeldWrites(table)
+            entries = PersonEntries(table, part, n, person.empty)
             decisions: list[dict[str, Any]] = []
-
-            def step(entry: dict[str, Any], input: Any, now_ms: int = stream_time,
-                     cal: dict[str, Any] = cal, decisions: list[dict[str, Any]] = decisions) -> None:
-                ctx = person.context(entry, policy, cal, wait_ms)
-                decisions.extend(engine.step(entry["engine"], definitions, input, now_ms, ctx)[1])
-
-            gone, moves, snapshots = _apply(batch, entries, part, n, policy, step)
+            step = stepper(stream_time, decisions)
+            snapshots = _apply(batch, entries, policy, step)
+            gone = entries.gone
             for snapshot_entry, snapshot in snapshots:
                 step(snapshot_entry, snapshot)
             index.hold_due(part, stream_time, entries, gone)
@@ -91,10 +93,8 @@ def register(p: Pipeline) -> None:
                 index.update(part, who, entry)
 
             sends: list[tuple[Any, bytes | None, bytes | None, int | None]] = [
-                (featured_topic, None, avro.encode(avro.PERSON_BATCH, {
-                    "batch_id": f"{batch['batch_id']}/trigger-move", "source_partition": -1,
-                    "watermark_ms": 0, "source_offset": -1, "ops": ops}), dest)
-                for dest, ops in moves.items()
+                (featured_topic, None, avro.encode(avro.PERSON_BATCH, moved), dest)
+                for dest, moved in entries.move_batches(batch, "trigger-move")
             ]
             published = [person.trigger_record(d) for d in decisions if d["outcome"] in person.PUBLISHED]
             sends += [(triggers_topic, r["person_id"].encode(), avro.encode(avro.TRIGGER, r), None)
@@ -111,26 +111,18 @@ def register(p: Pipeline) -> None:
 
 
 def _apply(
-    batch: dict[str, Any], entries: HeldWrites, part: int, n: int, policy: delivery.Policy, step: Any,
-) -> tuple[set[str], dict[int, list[dict[str, Any]]], list[tuple[dict[str, Any], dict[str, Any]]]]:
-    """Apply one batch's ops to ``entries``: features, events (``step``), merges and handed-over states.
-    Returns the persons merged away, the trigger_state ops for their survivors by partition, and the
-    (entry, snapshot) pairs still to step (after every event of the batch)."""
-    gone: set[str] = set()
-    moves: dict[int, list[dict[str, Any]]] = {}
+    batch: dict[str, Any], entries: PersonEntries, policy: delivery.Policy,
+    step: Callable[[person.Entry, engine.Input], None],
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Apply one batch's ops to ``entries``: features, events (``step``), merges and handed-over states
+    (persons merged away and their trigger_state ops end in ``entries.gone`` and ``entries.moves``).
+    Returns the (entry, snapshot) pairs still to step (after every event of the batch)."""
     snapshots: list[tuple[dict[str, Any], dict[str, Any]]] = []
     claims = redelivery.Claims(batch)  # a redelivered batch is skipped person by person
-
-    def entry_of(who: str) -> dict[str, Any]:
-        current = entries.get(who) or person.empty(who, part)
-        entries[who] = current  # held: written back after the batch's outputs
-        gone.discard(who)
-        return current
-
     # The features after the batch first: events of the batch are judged on them.
     for op in batch["ops"]:
         if op["kind"] == "features" and op.get("features"):
-            entry = entry_of(op["person_id"])
+            entry = entries.entry_of(op["person_id"])
             if claims.new(op["person_id"], entry):
                 snapshot = json.loads(op["features"])
                 person.keep_features(entry, snapshot)
@@ -138,21 +130,15 @@ def _apply(
     for op in batch["ops"]:
         who = op["person_id"]
         if op["kind"] == "event":
-            entry = entry_of(who)
+            entry = entries.entry_of(who)
             if claims.new(who, entry):
                 person.note_handles(entry, op["event"])
                 step(entry, op["event"])
         elif op["kind"] == "merge":
-            leaving = entries.pop(who, None) or entries.get(who)
-            if leaving is not None and who not in gone:
-                into = op["other_person"]
-                moves.setdefault(partition_for(into, n), []).append(
-                    {"kind": "trigger_state", "person_id": into, "event": None, "other_person": who,
-                     "absorbed_state": person.handed_over(leaving), "features": None})
-            gone.add(who)
+            entries.leave(op, "trigger_state", person.handed_over, features=None)
         elif op["kind"] == "trigger_state" and op.get("absorbed_state"):
-            person.absorb(entry_of(who), op["other_person"], json.loads(op["absorbed_state"]), policy)
-    return gone, moves, snapshots
+            person.absorb(entries.entry_of(who), op["other_person"], json.loads(op["absorbed_state"]), policy)
+    return snapshots
 
 
 def _count(decisions: list[dict[str, Any]], published: list[dict[str, Any]]) -> None:

@@ -13,10 +13,10 @@ Historical (imported) events never arm anything.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from streams.touchpoint.record import props as record_props
+from streams.triggers.delivery import trigger_id  # the engine's ids: the same trigger, the same id
 
 RULE = "cart_abandon"
 FIRED_MEMORY = 256
@@ -24,10 +24,6 @@ FIRED_MEMORY = 256
 
 def empty(person_id: str, partition: int) -> dict[str, Any]:
     return {"person_id": person_id, "partition": partition, "member_id": None, "carts": {}, "fired": []}
-
-
-def trigger_id(rule: str, correlation_key: str, person_id: str) -> str:
-    return hashlib.blake2b(f"{rule}|{correlation_key}|{person_id}".encode(), digest_size=16).hexdigest()
 
 
 def on_event(state: dict[str, Any], enriched: dict[str, Any], delay_ms: int) -> bool:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +94,16 @@ class Definition:
             yield from (c.key for c in self.wait.cancel if c.key is not None)
             yield from self.wait.collect.values()
 
-    @property
+    @cached_property
     def features(self) -> frozenset[str]:
         """The feature names its expressions read."""
         return frozenset(p.names[1] for e in self.expressions() for p in e.paths()
                          if p.names[0] == "features" and len(p.names) > 1)
+
+    @cached_property
+    def reads_now(self) -> bool:
+        """Whether an expression reads ``now`` (so a clock advance alone can change its outcome)."""
+        return any(p.names[0] == "now" for e in self.expressions() for p in e.paths())
 
     def starts(self, context: Mapping[str, Any]) -> bool:
         """True when it starts in ``context`` (root -> value: event, features, calendar, now)."""

@@ -42,9 +42,13 @@ The key is the person's ``member_id:<id>`` identifier when they have one:
 two member ids never merge, so a member keeps it through every identity
 merge, and their person id may change without moving them between groups.
 A person without a member id is keyed by their smallest identifier
-(``type:value``); that key holds until they register or merge with a person
-holding a smaller identifier, a change that only concerns anonymous persons,
-who are reachable on WeChat at most.
+(``type:value``) when the recipient carries identifiers; that key holds until
+they register or merge with a person holding a smaller identifier, a change
+that only concerns anonymous persons, who are reachable on WeChat at most.
+Without identifiers the key is the person id. The running triggers stage
+passes none yet (streams/triggers/person.py builds the recipient from the
+features snapshot), so today an anonymous person's draw follows their person
+id and can change with a merge.
 
 State (one JSON-able dict per person, bounded): send times within the
 longest cap window (at most that window's cap of them), the end of each

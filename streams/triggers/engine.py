@@ -110,13 +110,22 @@ class Context:
 def recipient_of(snapshot: Mapping[str, Any], handles: Mapping[str, str] | None = None,
                  identifiers: tuple[str, ...] = (), timezone: str | None = None) -> Recipient:
     """The delivery facts of a features snapshot: marketing consent, the channels that reach the
-    person (a WeChat channel only with its openid in ``handles``), their preferred channel."""
+    person (a WeChat channel only with its openid in ``handles``), their preferred channel.
+
+    The snapshot's reachable channels are those with consent, so a withdrawn consent would read as
+    unreachable: a WeChat channel whose openid is known and whose consent was answered no stays in
+    reach, and delivery suppresses it as ``no_consent``."""
     handles = handles or {}
     reachable = set(snapshot.get("reachable") or ())
-    reach = {ch: handles.get(ch) for ch in CHANNELS
-             if CONSENT_OF[ch] in reachable and (ch not in HANDLE_CHANNELS or handles.get(ch))}
-    return Recipient(snapshot["person_id"], snapshot.get("member_id"), identifiers,
-                     dict((snapshot.get("consent") or {}).get("marketing", {})), reach, timezone,
+    consent = dict((snapshot.get("consent") or {}).get("marketing", {}))
+
+    def reaches(ch: str) -> bool:
+        if ch not in HANDLE_CHANNELS:
+            return CONSENT_OF[ch] in reachable
+        return bool(handles.get(ch)) and (CONSENT_OF[ch] in reachable or consent.get(CONSENT_OF[ch]) is False)
+
+    reach = {ch: handles.get(ch) for ch in CHANNELS if reaches(ch)}
+    return Recipient(snapshot["person_id"], snapshot.get("member_id"), identifiers, consent, reach, timezone,
                      snapshot.get("preferred_channel"))
 
 
@@ -152,7 +161,7 @@ def step(state: State, definitions: Mapping[str, Definition], input: Input, now_
         due += _due_waits(state, now) + _due_deferred(state, now)
         features = ctx.features
         if features is not None:
-            due += _feature_starts(state, [d for d in defs if not d.events and _reads_now(d)], features, now, ctx)
+            due += _feature_starts(state, [d for d in defs if not d.events and d.reads_now], features, now, ctx)
     elif "touchpoint" in input:
         due += _on_event(state, defs, input, now, ctx)
     else:
@@ -162,10 +171,6 @@ def step(state: State, definitions: Mapping[str, Definition], input: Input, now_
     records = _decide(state, definitions, due, now, ctx)
     _forget(state, now)
     return state, records
-
-
-def _reads_now(d: Definition) -> bool:
-    return any(p.names[0] == "now" for e in d.expressions() for p in e.paths())
 
 
 def _context(ctx: Context, now: int, features: Mapping[str, Any] | None,
@@ -200,10 +205,8 @@ def _on_event(state: State, defs: list[Definition], enriched: Mapping[str, Any],
     now_due = []
     context = _context(ctx, now, ctx.features, tp)
     for d in defs:
-        if not d.events or not d.starts(context):
-            continue
-        key = d.key_of(context)
-        if not key or _slot(d.name, key) in state["fired"] or _slot(d.name, key) in state["deferred"]:
+        key = _started(state, d, context) if d.events else None
+        if key is None:
             continue
         if d.wait is None:
             now_due.append(_pending(d.name, key) | {
@@ -212,6 +215,17 @@ def _on_event(state: State, defs: list[Definition], enriched: Mapping[str, Any],
         else:
             _start_wait(state, d, key, context, ctx.wait_ms.get(d.name, d.wait.for_ms))
     return now_due
+
+
+def _started(state: State, d: Definition, context: Mapping[str, Any]) -> str | None:
+    """The key ``d`` starts under in ``context``; None when it does not start, has no key, or that
+    (rule, key) is decided or deferred already."""
+    if not d.starts(context):
+        return None
+    key = d.key_of(context)
+    if not key or _slot(d.name, key) in state["fired"] or _slot(d.name, key) in state["deferred"]:
+        return None
+    return key
 
 
 def _start_wait(state: State, d: Definition, key: str, context: Mapping[str, Any], wait_ms: int) -> None:
@@ -252,10 +266,8 @@ def _feature_starts(state: State, defs: list[Definition], features: Mapping[str,
     out = []
     context = _context(ctx, now, features)
     for d in defs:
-        if not d.starts(context):
-            continue
-        key = d.key_of(context)
-        if not key or _slot(d.name, key) in state["fired"] or _slot(d.name, key) in state["deferred"]:
+        key = _started(state, d, context)
+        if key is None:
             continue
         out.append(_pending(d.name, key) | {"due_ms": now, "evidence": d.evidence(context),
                                                    "payload": d.payload_of(context)})

@@ -1,4 +1,4 @@
-"""One person's entry in the triggers stage's ``trigger-state`` table, and its records. Pure.
+"""One person's entry in the triggers stage's ``trigger-pending`` table, and its records. Pure.
 
 An entry wraps the engine's per-person state (``streams/triggers/engine.py``)
 with what the stage needs around it:
@@ -12,7 +12,7 @@ with what the stage needs around it:
   (``wechat_oa``, ``mini_program``): the recipient handle of those channels;
 - ``src``: the redelivery marks (streams/redelivery.py);
 - ``absorbed``: the persons already merged into this one (the latest
-  ``ABSORBED_KEPT``), so a merged-away person's state handed over twice is
+  ``redelivery.ABSORBED_KEPT``), so a merged-away person's state handed over twice is
   folded in once;
 - ``partition``: the person's partition, for the due index.
 """
@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
+from streams import redelivery
 from streams.triggers import delivery, engine
 from streams.triggers.engine import Context
 from streams.triggers.vocabulary import FEATURES
 
 Entry = dict[str, Any]
-ABSORBED_KEPT = 64
 # What the entry keeps of a snapshot: the features conditions may read, and the recipient's facts.
 FEATURE_KEYS = frozenset(FEATURES) | {"person_id", "member_id", "consent", "reachable", "preferred_channel"}
 PUBLISHED = (delivery.FIRE, delivery.HOLDOUT, delivery.SUPPRESSED)  # final decisions go on triggers.fired
@@ -69,15 +68,7 @@ def context(entry: Entry, policy: delivery.Policy, calendar: Mapping[str, Any],
     """The engine's context for this person: their latest features and the recipient they make.
     Without a snapshot yet the person reaches no channel (decisions are suppressed as unreachable)."""
     features = entry["features"]
-    if features is None:
-        return Context(policy, None, None, calendar, wait_ms)
-    recipient = engine.recipient_of(features, entry["handles"])
-    # The features' reachable channels are those with consent, so a withdrawn consent would read as
-    # unreachable: a WeChat channel whose openid is known and whose consent was answered no stays
-    # in reach, and delivery suppresses it as no_consent.
-    withdrawn = {ch: h for ch, h in entry["handles"].items()
-                 if ch in delivery.CONSENT_OF and recipient.consent.get(delivery.CONSENT_OF[ch]) is False}
-    recipient = replace(recipient, reach={**withdrawn, **recipient.reach})
+    recipient = None if features is None else engine.recipient_of(features, entry["handles"])
     return Context(policy, recipient, features, calendar, wait_ms)
 
 
@@ -88,13 +79,10 @@ def handed_over(entry: Mapping[str, Any]) -> str:
 
 def absorb(entry: Entry, person_id: str, gone: Mapping[str, Any], policy: delivery.Policy) -> bool:
     """Fold the merged-away ``person_id``'s handed-over state into ``entry``; False if already folded in."""
-    me = entry["engine"]["person_id"]
-    if person_id in entry["absorbed"] or person_id == me:
+    if not redelivery.absorb_once(entry, entry["engine"]["person_id"], person_id, gone):
         return False
     entry["engine"] = engine.merge_states(entry["engine"], gone["engine"], policy)
     entry["handles"] = {**gone["handles"], **entry["handles"]}
-    kept = [p for p in (*entry["absorbed"], *gone.get("absorbed", ()), person_id) if p != me]
-    entry["absorbed"] = list(dict.fromkeys(kept))[-ABSORBED_KEPT:]
     return True
 
 
