@@ -398,7 +398,7 @@ class Graph:
         for before, after in sorted(became.items()):
             if after == {before}:
                 continue
-            evidence = self._evidence(new, before, after)
+            evidence = self._evidence([i for i, p in old.items() if p == before and new[i] != before])
             if len(after) == 1:
                 changes.append(Change("merge", before, tuple(after), "linked by identifiers seen together",
                                       evidence))
@@ -408,15 +408,11 @@ class Graph:
                 changes.append(Change("split", before, tuple(sorted(after - {before})), reason, evidence))
         return changes
 
-    def _evidence(self, new: dict[str, str], before: str, after: set[str]) -> tuple[str, ...]:
-        """The earliest events of the edges among the re-clustered identifiers of the persons in
-        ``after`` and ``before`` (a few, smallest ids first)."""
-        members = {i for i, p in new.items() if p in after or p == before}
-        ev: set[str] = set()
-        for ident in members:
-            for nb in self.nbrs[ident]:
-                if nb in members:
-                    ev.add(self.edges[_edge_key(ident, nb)]["first"][1])
+    def _evidence(self, moved: list[str]) -> tuple[str, ...]:
+        """The earliest events of the links of the identifiers that changed person (a few, smallest
+        ids first): what joined them to their new person, or what held them to the old one. Never
+        empty: an identifier that changes person has a link (a lone identifier is its own person)."""
+        ev = {self.edges[_edge_key(ident, nb)]["first"][1] for ident in moved for nb in self.nbrs[ident]}
         return tuple(sorted(ev)[: self.rules.evidence_ids])
 
     def members(self) -> dict[str, str]:
