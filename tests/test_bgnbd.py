@@ -470,7 +470,7 @@ _CLICKHOUSE_CHILD = textwrap.dedent("""
         "historical", "raw_partition", "raw_offset"])
     client.insert("identity_changes", spec["merges"], column_names=[
         "change_id", "kind", "from_person", "into_person", "reason", "identifiers", "evidence_event_id",
-        "event_time"])
+        "event_time", "resolver"])
     client.close()
     orders = fit_cli.clickhouse_orders(Settings.from_env(), date.fromisoformat(spec["end"]))
     print(json.dumps({p: sorted(d) for p, d in orders.items()}))
@@ -479,8 +479,9 @@ _CLICKHOUSE_CHILD = textwrap.dedent("""
 
 @pytest.mark.e2e
 def test_clickhouse_source(tmp_path: Path) -> None:
-    """order_completed days per final person (merges followed through a chain), in the reporting
-    time zone, up to the calibration end; other event types ignored."""
+    """order_completed days per final person (the routing resolver's merges followed through a
+    chain; the identity graph's ignored), in the reporting time zone, up to the calibration end;
+    other event types ignored."""
     from streams.processes import free_port
 
     def event(n: int, kind: str, person: str, utc: str) -> list[object]:
@@ -496,7 +497,10 @@ def test_clickhouse_source(tmp_path: Path) -> None:
         event(6, "order_completed", "p4", "2024-07-01 02:00:00"),  # after the calibration end
     ]
     t = datetime(2024, 3, 5)
-    merges = [["m1", "merge", "p3", "p2", "identify", [], "e9", t], ["m2", "merge", "p2", "p1", "identify", [], "e9", t]]
+    merges = [["m1", "merge", "p3", "p2", "identify", [], "e9", t, "route"],
+              ["m2", "merge", "p2", "p1", "identify", [], "e9", t, "route"],
+              # the identity graph's merges are of its own persons, not of the persons on the events
+              ["g1", "merge", "p4", "p1", "linked by identifiers seen together", [], "e9", t, "graph"]]
     spec = json.dumps({"events": events, "merges": merges, "end": "2024-06-30"}, default=str)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
     env |= {"TOUCHLINE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}", "TOUCHLINE_SINK_QUERY_PORT": str(free_port())}

@@ -109,7 +109,7 @@ def clickhouse_orders(settings: Settings, calibration_end: date) -> Orders:
                            f"WHERE event_type = 'order_completed' AND {day} <= toDate({quote(calibration_end.isoformat())}) "
                            "GROUP BY person_id, day")
     merged_into = dict(rows(settings, "SELECT from_person, any(into_person) FROM identity_changes FINAL "
-                                      "WHERE kind = 'merge' GROUP BY from_person"))
+                                      "WHERE kind = 'merge' AND resolver = 'route' GROUP BY from_person"))
     orders: Orders = defaultdict(set)
     for person, d in found:
         orders[final_person(merged_into, person)].add(date.fromisoformat(d).toordinal())
