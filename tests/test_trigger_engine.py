@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.touchpoint import record
-from streams.triggers import cart_abandon, engine
+from streams.triggers import cart_abandon, engine, person
 from streams.triggers.definitions import BUILTIN_DIR, Definition, load
 from streams.triggers.delivery import (
     DAY_MS,
@@ -268,6 +268,23 @@ def test_recipient_from_a_features_snapshot() -> None:
     who = recipient_of(snap, {"wechat_oa": "oa-1"}, timezone="Asia/Shanghai")
     assert who.reach == {"wechat_oa": "oa-1", "email": None}  # no mini-program openid: not reachable there
     assert (who.consent, who.preferred, who.member_id) == ({"wechat": True, "sms": False}, "wechat", "M1")
+
+
+def test_the_stage_keeps_quiet_hours_in_the_zone_the_persons_latest_live_event_names() -> None:
+    def seen(t: int, zone: str, historical: bool = False) -> dict[str, Any]:
+        tp = record.build(f"e{t}", "page_viewed", t, "web", context={"timezone": zone}, historical=historical)
+        return {"person_id": "p-1", "member_id": "M1", "touchpoint": tp}
+
+    entry = person.empty("p-1", 0)
+    person.keep_features(entry, {"person_id": "p-1", "member_id": "M1"})
+    assert person.context(entry, NO_QUIET, {}, {}).recipient.timezone is None  # the policy's zone
+    for event in (seen(NOON, "Europe/London"), seen(NOON - HOUR, "Asia/Tokyo"), seen(NOON + HOUR, "UTC", True)):
+        person.note_handles(entry, event)  # an earlier event arriving late, a historical one: ignored
+    assert person.context(entry, NO_QUIET, {}, {}).recipient.timezone == "Europe/London"
+    other = person.empty("p-2", 1)
+    person.note_handles(other, seen(NOON + HOUR, "America/New_York"))
+    assert person.absorb(entry, "p-2", json.loads(person.handed_over(other)), NO_QUIET)
+    assert person.context(entry, NO_QUIET, {}, {}).recipient.timezone == "America/New_York"  # the later one
 
 
 # ---------------------------------------------------------------------------- merges

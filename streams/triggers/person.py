@@ -10,6 +10,9 @@ with what the stage needs around it:
   taken after, so the entry holds exactly the last published one;
 - ``handles``: the WeChat openids seen on the person's own events, per channel
   (``wechat_oa``, ``mini_program``): the recipient handle of those channels;
+- ``zone``: [event time, IANA zone] of the person's latest live event that
+  names its device's time zone (``context.timezone``), or None: quiet hours
+  are kept in that zone (without one, in the delivery policy's);
 - ``src``: the redelivery marks (streams/redelivery.py);
 - ``absorbed``: the persons already merged into this one (the latest
   ``redelivery.ABSORBED_KEPT``), so a merged-away person's state handed over twice is
@@ -35,7 +38,7 @@ PUBLISHED = (delivery.FIRE, delivery.HOLDOUT, delivery.SUPPRESSED)  # final deci
 
 
 def empty(person_id: str, partition: int) -> Entry:
-    return {"engine": engine.empty(person_id), "features": None, "handles": {}, "absorbed": [],
+    return {"engine": engine.empty(person_id), "features": None, "handles": {}, "zone": None, "absorbed": [],
             "partition": partition}
 
 
@@ -56,11 +59,21 @@ def interest_category(snapshot: Mapping[str, Any]) -> str | None:
 
 
 def note_handles(entry: Entry, enriched: Mapping[str, Any]) -> None:
-    """Remember the openid of a live WeChat event: it is the handle of that channel."""
+    """Remember the openid of a live WeChat event (the handle of that channel) and the time zone a
+    live event names, the latest by event time."""
     tp = enriched["touchpoint"]
+    if tp.get("historical"):
+        return
     openid = (tp.get("identifiers") or {}).get("wechat_openid")
-    if openid and tp["channel"] in delivery.HANDLE_CHANNELS and not tp.get("historical"):
+    if openid and tp["channel"] in delivery.HANDLE_CHANNELS:
         entry["handles"][tp["channel"]] = openid
+    zone = (tp.get("context") or {}).get("timezone")
+    if zone:
+        entry["zone"] = _later(entry.get("zone"), [tp["event_time_ms"], zone])
+
+
+def _later(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
+    return max((z for z in (a, b) if z), default=None)
 
 
 def context(entry: Entry, policy: delivery.Policy, calendar: Mapping[str, Any],
@@ -68,13 +81,16 @@ def context(entry: Entry, policy: delivery.Policy, calendar: Mapping[str, Any],
     """The engine's context for this person: their latest features and the recipient they make.
     Without a snapshot yet the person reaches no channel (decisions are suppressed as unreachable)."""
     features = entry["features"]
-    recipient = None if features is None else engine.recipient_of(features, entry["handles"])
+    zone = entry.get("zone")
+    recipient = None if features is None else engine.recipient_of(features, entry["handles"],
+                                                                  timezone=zone[1] if zone else None)
     return Context(policy, recipient, features, calendar, wait_ms)
 
 
 def handed_over(entry: Mapping[str, Any]) -> str:
     """What a trigger_state op carries of a merged-away person to the survivor's partition."""
-    return json.dumps({"engine": entry["engine"], "handles": entry["handles"], "absorbed": entry["absorbed"]})
+    return json.dumps({"engine": entry["engine"], "handles": entry["handles"], "zone": entry.get("zone"),
+                       "absorbed": entry["absorbed"]})
 
 
 def absorb(entry: Entry, person_id: str, gone: Mapping[str, Any], policy: delivery.Policy) -> bool:
@@ -83,6 +99,7 @@ def absorb(entry: Entry, person_id: str, gone: Mapping[str, Any], policy: delive
         return False
     entry["engine"] = engine.merge_states(entry["engine"], gone["engine"], policy)
     entry["handles"] = {**gone["handles"], **entry["handles"]}
+    entry["zone"] = _later(entry.get("zone"), gone.get("zone"))
     return True
 
 
