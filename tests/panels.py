@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,3 +47,20 @@ def panel_failures(settings: Any, uid: str, expected: Expected,
                 failures.append(f"#{panel.panel_id} {panel.title!r} over {name}:\n"
                                 f"  got  {got['columns']} {got['rows']}\n  want {want_columns} {want_rows}")
     return failures
+
+
+def settled(settings: Any, sql: str, done: Callable[[list[list[Any]]], bool], what: str,
+            timeout_s: float = 120.0) -> list[list[Any]]:
+    """The rows of ``sql`` (through the running sink) once ``done`` says the pipeline got there; fails
+    with the last rows seen when it does not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    got: list[list[Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            got = ch.rows(settings, sql, open_directly=False)
+        except ch.QueryError:  # the sink is still starting, or the tables are not migrated yet
+            got = []
+        if done(got):
+            return got
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: {got}")

@@ -442,11 +442,12 @@ def _panels() -> list[tuple[Path, Panel]]:
 
 
 def test_every_clickhouse_panel_has_an_expectation_for_every_range() -> None:
-    from tests import test_identity_dashboard, test_members_dashboard
+    from tests import test_identity_dashboard, test_members_dashboard, test_triggers_dashboard
 
-    # every dashboard's panels are checked: these two here, the Identity and Members ones with their own journeys
+    # every dashboard's panels are checked: these two here, the Identity, Members and Triggers ones with their
+    # own journeys
     assert {p.dashboard_uid for path in dashboards() for p in clickhouse_panels(path)} == {
-        *DASHBOARD_UIDS, test_identity_dashboard.UID, test_members_dashboard.UID}
+        *DASHBOARD_UIDS, test_identity_dashboard.UID, test_members_dashboard.UID, test_triggers_dashboard.UID}
     panels = _panels()
     keys = [(p.dashboard_uid, p.panel_id) for _, p in panels]
     assert len(keys) == len(set(keys)), "one ClickHouse query per panel"

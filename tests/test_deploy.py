@@ -44,10 +44,13 @@ CLICKHOUSE_TABLES = {
                          "interest_shift", "last_seen", "is_deleted"},
     "member_segments": {"person_id", "as_of", "version", "lifecycle", "member_grid", "browse_without_buying",
                         "interest_shift"},
+    "triggers": {"trigger_id", "rule", "channel", "outcome", "reason", "fired_at"},
+    # a parameterized view (migrations 0005, 0009): window_days is its parameter
+    "trigger_outcomes": {"trigger_id", "revenue", "window_days"},
 }
 # Base tables are ReplacingMergeTree: a query must read them with FINAL to count a replayed row once.
 CLICKHOUSE_FINAL_TABLES = {"touchpoints_enriched", "sessions", "ref_spend", "identity_changes", "identity_assignments",
-                           "member_snapshots", "member_segments"}
+                           "member_snapshots", "member_segments", "triggers"}
 # Prometheus metrics (streams/metrics.py) -> labels dashboards may group by.
 METRICS = {
     "touchline_ingest_outcomes_total": {"channel", "type", "outcome", "reason"},
