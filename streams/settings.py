@@ -85,6 +85,12 @@ class Settings:
     feature_new_days: int = _FEATURES.new_days
     feature_at_risk_days: int = _FEATURES.at_risk_days
     feature_lapsed_days: int = _FEATURES.lapsed_days
+    # Purchase model (streams/features/purchase_model.py): the params.json `touchline
+    # fit-purchase-model` writes; empty: no parameters (P(alive) and expected purchases null).
+    # Workers look at it again at most this often (worker clock) and use a changed file's
+    # parameters from then on, without a restart; 0: at every batch.
+    purchase_model_params: str = ""
+    purchase_model_check_s: float = 60.0
     # Sink
     sink_batch_rows: int = 20000
     sink_flush_interval_s: float = 1.0
@@ -173,6 +179,18 @@ class Settings:
         except ValueError as exc:
             raise SettingsError(f"{ENV_PREFIX}FEATURE_*: {exc}") from None
 
+    def purchase_model(self, clock: Any) -> Any:
+        """The BG/NBD parameters of TOUCHLINE_PURCHASE_MODEL_PARAMS, read now and re-read when the
+        file changes (streams.features.purchase_model.PurchaseModel on ``clock``); a file that is
+        there but unusable is a SettingsError."""
+        from streams.features.bgnbd import ParamsError
+        from streams.features.purchase_model import PurchaseModel
+
+        try:
+            return PurchaseModel(self.purchase_model_params, clock, round(self.purchase_model_check_s * 1000)).start()
+        except ParamsError as exc:
+            raise SettingsError(f"{ENV_PREFIX}PURCHASE_MODEL_PARAMS: {exc}") from None
+
     def trigger_definitions(self) -> Any:
         """The trigger definitions: the built-in ones and those of TOUCHLINE_TRIGGERS_DIR, checked
         (streams.triggers.definitions; a DefinitionError names each problem's file and line)."""
@@ -188,6 +206,8 @@ class Settings:
         self.feature_settings()
         if self.clock not in ("wall", "manual"):
             raise SettingsError(f"{ENV_PREFIX}CLOCK must be 'wall' or 'manual', not {self.clock!r}")
+        if self.purchase_model_check_s < 0:
+            raise SettingsError(f"{ENV_PREFIX}PURCHASE_MODEL_CHECK_S must be >= 0, not {self.purchase_model_check_s}")
         if self.partitions < 1:
             raise SettingsError(f"{ENV_PREFIX}PARTITIONS must be at least 1")
         url = self.clickhouse_dsn

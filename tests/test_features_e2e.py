@@ -3,23 +3,29 @@
 A scripted member journey moves through segments -- new, then active and high-frequency,
 then at risk when stream time alone moves on -- and each step shows on the compacted
 ``members.features`` topic and in the profile lookup (ClickHouse ``member_snapshots``).
+A refit replaces the purchase model's params file while the workers run: the next
+snapshots carry P(alive) and expected purchases of the new parameters.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams import avro
+from streams.features import bgnbd
 from streams.identity.links import person_id_for
 from streams.identity.profile import lookup_for
 from streams.settings import Settings
 from streams.sink.query import QueryError
-from streams.topics import MEMBER_FEATURES
+from streams.topics import MEMBER_FEATURES, partition_for
 from tests.conftest import T0, encoded, touchpoint
 
 pytestmark = pytest.mark.e2e
@@ -108,6 +114,9 @@ def test_a_journey_moves_through_segments_on_the_topic_and_in_the_lookup(stack_f
             "high_frequency_low_basket", 3, 603.0, "S-1")
         assert rec["days_since_last_order"] == 0 and rec["first_seen_ms"] == T0
         assert (row["member_grid"], row["orders_90d"], row["home_store"]) == ("high_frequency_low_basket", 3, "S-1")
+        # no purchase model loaded, and one order day: no P(alive), expected purchases or next purchase
+        assert (rec["p_alive"], rec["expected_purchases_30d"], rec["next_purchase_ms"]) == (None, None, None)
+        assert (row["p_alive"], row["expected_purchases_30d"], row["next_purchase"]) == (None, None, None)
         assert len(snapshots.of[person]) > published
 
         # 3. At risk: no event, only stream time moving 30 days past the last order.
@@ -121,5 +130,74 @@ def test_a_journey_moves_through_segments_on_the_topic_and_in_the_lookup(stack_f
         lifecycles = [r["lifecycle"] for r in snapshots.of[person] if r]
         assert lifecycles[0] == "new" and lifecycles[-1] == "at_risk"
         assert [lc for i, lc in enumerate(lifecycles) if i == 0 or lc != lifecycles[i - 1]] == ["new", "active", "at_risk"]
+    finally:
+        snapshots.close()
+
+
+FIRST, REFIT = bgnbd.Params(r=0.25, alpha=4.0, a=0.8, b=2.4), bgnbd.Params(r=1.0, alpha=0.5, a=2.0, b=1.0)
+DAY_N = T0 - T0 % DAY + DAY  # midnight UTC: purchase days are UTC days
+
+
+def _write_params(path: Path, params: bgnbd.Params) -> None:
+    """As `touchline fit-purchase-model` writes it: a temporary file renamed over the old one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(bgnbd.FittedModel(params, date(2026, 10, 31), 4, 0.0, 0.0).to_json())
+    os.replace(partial, path)
+
+
+def test_a_refit_is_picked_up_by_running_workers(stack_factory, tmp_path: Path) -> None:
+    """Four members, one per person-ops partition (so both workers take part), order on UTC days N
+    and N + 2; then the params file is replaced and each visits on day N + 6. Each published value
+    is the closed form at the record's own inputs: x = 1, t_x = 2/7 and T to its as_of day."""
+    params = tmp_path / "params.json"
+    _write_params(params, FIRST)
+    stack = stack_factory(workers=2, sink=False, purchase_model_params=str(params), purchase_model_check_s=0.0)
+    n = stack.settings.partitions
+    members: dict[int, str] = {}
+    for i in range(200):
+        members.setdefault(partition_for(person_id_for(f"member_id:M-refit-{i}"), n), f"M-refit-{i}")
+    assert len(members) == n
+    persons = {person_id_for(f"member_id:{m}"): m for m in members.values()}
+    snapshots = Snapshots(stack.settings)
+
+    def latest_where(fits: Callable[[dict[str, Any]], bool]) -> Callable[[], dict[str, dict[str, Any]] | None]:
+        def check() -> dict[str, dict[str, Any]] | None:
+            snapshots.poll()
+            found = {p: r for p in persons if (r := (snapshots.of.get(p) or [None])[-1]) is not None and fits(r)}
+            return found if len(found) == len(persons) else None
+        return check
+
+    def outlook(params: bgnbd.Params, as_of_day: int) -> tuple[float, float]:
+        inputs = bgnbd.Inputs(1, 2 / 7, as_of_day / 7)
+        return bgnbd.p_alive(params, inputs), bgnbd.conditional_expected(params, inputs, 30 / 7)
+
+    def seen() -> dict[str, Any]:
+        return {p: [r and (r["orders_total"], r["as_of_ms"], r["p_alive"]) for r in snapshots.of.get(p, [])]
+                for p in persons}
+
+    try:
+        stack.produce([encoded(touchpoint(f"{m}-o{d}", "order_completed", DAY_N + d * DAY + HOUR, "store_pos",
+                                          identifiers={"member_id": m},
+                                          properties={"order_id": f"{m}-{d}", "revenue": 100.0}))
+                       for m in members.values() for d in (0, 2)])
+        stack.tick(DAY_N + 2 * DAY + 2 * HOUR)
+        before = _until("both orders with the first parameters", latest_where(lambda r: r["orders_total"] == 2), seen)
+        want = outlook(FIRST, 2)
+        for rec in before.values():
+            assert (rec["as_of_ms"] - DAY_N) // DAY == 2  # T = t_x = 2/7
+            assert (rec["p_alive"], rec["expected_purchases_30d"]) == want
+            assert rec["next_purchase_ms"] == DAY_N + 4 * DAY  # day N + 2 plus the 2-day interval
+
+        _write_params(params, REFIT)  # a refit, while the workers run
+        stack.produce([encoded(touchpoint(f"{m}-v", "page_viewed", DAY_N + 6 * DAY + HOUR,
+                                          identifiers={"member_id": m})) for m in members.values()])
+        stack.tick(DAY_N + 6 * DAY + 2 * HOUR)
+        after = _until("the visit with the refit's parameters",
+                       latest_where(lambda r: r["last_seen_ms"] == DAY_N + 6 * DAY + HOUR), seen)
+        want, stale = outlook(REFIT, 6), outlook(FIRST, 6)
+        assert want[0] != stale[0] and want[1] != stale[1]
+        for rec in after.values():
+            assert (rec["as_of_ms"] - DAY_N) // DAY == 6  # T = 6/7
+            assert (rec["p_alive"], rec["expected_purchases_30d"]) == want
     finally:
         snapshots.close()

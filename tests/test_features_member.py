@@ -5,6 +5,7 @@ TOUCHLINE_FEATURE_* settings."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import avro, redelivery
-from streams.features import member, profile
+from streams.features import bgnbd, member, profile
 from streams.features.config import FeatureSettings
 from streams.features.windows import DAY_MS
 from streams.settings import Settings, SettingsError
@@ -136,3 +137,60 @@ def test_feature_settings_come_from_the_environment() -> None:
 def test_bad_feature_settings_are_refused_at_start(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError, match=needle):
         Settings.from_env(env)
+
+
+# The purchase outlook in the published record, for parameters worked through by hand:
+# r = 1, alpha = 1, a = 2, b = 1 (per week). Orders on UTC days N and N + 7 (two distinct days),
+# the snapshot on day N + 14: x = 1, t_x = 1, T = 2 weeks.
+#   P(alive) = 1 / (1 + a / (b + x - 1) ((alpha + T) / (alpha + t_x))^(r + x)) = 1 / (1 + 2 (3/2)^2) = 2/11
+#   E[Y(t)] = (a + b + x - 1) / (a - 1) [1 - q^(r + x) 2F1(r + x, b + x; a + b + x - 1; z)] P(alive),
+#   with t = 30/7, q = (alpha + T) / (alpha + T + t) = 7/17, z = 10/17, and by Euler's integral
+#   2F1(2, 2; 3; z) = 2 / z^2 (z / (1 - z) + ln(1 - z)), so
+#   E = 3 [1 - (49/289) (289/50) (10/7 + ln(7/17))] 2/11 = 6/11 (-2/5 + 49/50 ln(17/7))
+# Next purchase: the last day plus the mean interval (7 days), day N + 14, midnight UTC.
+HAND = bgnbd.Params(r=1.0, alpha=1.0, a=2.0, b=1.0)
+HAND_P_ALIVE = 2 / 11
+HAND_EXPECTED_30D = 6 / 11 * (-2 / 5 + 49 / 50 * math.log(17 / 7))
+DAY_N = T0 - T0 % DAY_MS + DAY_MS  # midnight UTC
+
+
+def two_order_days() -> dict[str, Any]:
+    return entry_of("p-buyer", [order("o1", DAY_N + 3_600_000, 100.0), enriched("v", "page_viewed", DAY_N + 5 * DAY_MS),
+                                order("o2", DAY_N + 7 * DAY_MS + 3_600_000, 50.0)])
+
+
+def test_the_published_purchase_outlook_is_the_closed_form_for_the_loaded_parameters() -> None:
+    rec = member.record(two_order_days(), DAY_N + 14 * DAY_MS + 12 * 3_600_000, CFG, HAND)
+    assert rec is not None
+    assert math.isclose(rec["p_alive"], HAND_P_ALIVE, rel_tol=1e-12)
+    assert math.isclose(rec["expected_purchases_30d"], HAND_EXPECTED_30D, rel_tol=1e-12)
+    inputs = bgnbd.Inputs(x=1, t_x=1.0, T=2.0)  # the same, through the model's own closed forms
+    assert rec["p_alive"] == bgnbd.p_alive(HAND, inputs)
+    assert rec["expected_purchases_30d"] == bgnbd.conditional_expected(HAND, inputs, 30 / 7)
+    assert rec["next_purchase_ms"] == DAY_N + 14 * DAY_MS
+    assert avro.decode_as(avro.MEMBER_FEATURES, avro.encode(avro.MEMBER_FEATURES, rec)) == rec
+
+
+def test_without_parameters_the_outlook_is_null_and_the_next_purchase_is_still_published() -> None:
+    rec = member.record(two_order_days(), DAY_N + 14 * DAY_MS, CFG)
+    assert rec is not None
+    assert (rec["p_alive"], rec["expected_purchases_30d"], rec["next_purchase_ms"]) == (None, None, DAY_N + 14 * DAY_MS)
+    browser = member.record(entry_of("p-2", [enriched("v", "page_viewed", DAY_N)]), DAY_N + DAY_MS, CFG, HAND)
+    assert browser is not None  # no order: nothing to say even with parameters
+    assert (browser["p_alive"], browser["expected_purchases_30d"], browser["next_purchase_ms"]) == (None, None, None)
+    one = member.record(entry_of("p-3", [order("o", DAY_N, 10.0)]), DAY_N + DAY_MS, CFG, HAND)
+    assert one is not None and one["p_alive"] == 1.0 and one["next_purchase_ms"] is None  # x = 0
+
+
+def test_new_parameters_are_published_at_the_persons_next_snapshot() -> None:
+    e = two_order_days()
+    now = DAY_N + 14 * DAY_MS
+    first = member.refresh(e, now, CFG, HAND)
+    assert first is not None and first["p_alive"] == bgnbd.p_alive(HAND, bgnbd.Inputs(1, 1.0, 2.0))
+    assert member.refresh(e, now + 60_000, CFG, HAND) is None  # same parameters, same day: nothing new
+    refit = bgnbd.Params(r=0.5, alpha=2.0, a=1.5, b=3.0)
+    second = member.refresh(e, now + 120_000, CFG, refit)
+    assert second is not None
+    assert second["p_alive"] == bgnbd.p_alive(refit, bgnbd.Inputs(1, 1.0, 2.0)) != first["p_alive"]
+    assert second["expected_purchases_30d"] == bgnbd.conditional_expected(refit, bgnbd.Inputs(1, 1.0, 2.0), 30 / 7)
+    assert member.refresh(e, now + 180_000, CFG, None)["p_alive"] is None  # type: ignore[index]  # unloaded

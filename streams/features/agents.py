@@ -8,7 +8,10 @@ folds absorbs in with ``profile.merge``, and takes snapshots at the batch's
 stream time (``feature-clocks``, the minimum over identity partitions of their
 watermarks, as sessions and triggers do). Persons whose next lifecycle boundary
 stream time has reached get a snapshot too, so ``at_risk`` and ``lapsed`` are
-published without a new event.
+published without a new event. Snapshots carry P(alive) and expected purchases for
+the BG/NBD parameters of TOUCHLINE_PURCHASE_MODEL_PARAMS as loaded when the batch
+is processed (streams/features/purchase_model.py: looked at again on the worker's
+clock, so a refit is picked up without a restart).
 
 The batch goes on to internal.featured (sessions, triggers) with the snapshots
 published after it appended as ``features`` ops.
@@ -35,6 +38,7 @@ def register(p: Pipeline) -> None:
     table = p.table("member-features", persons="features")  # keyed by person id
     clocks = p.table("feature-clocks", partition_of=int)
     cfg = p.settings.feature_settings()
+    purchase_model = p.settings.purchase_model(p.clock)  # re-read when a refit replaces the file
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("features")
     timer = metrics.StageTimer("features")
     n = p.settings.partitions
@@ -62,8 +66,9 @@ def register(p: Pipeline) -> None:
             ]
             sends += [(snapshots_topic, person.encode(), None, None) for person in gone]
             snapshots: list[dict[str, Any]] = []
+            model = purchase_model.params()
             for person, entry in entries.items():
-                rec = member.refresh(entry, stream_time, cfg)
+                rec = member.refresh(entry, stream_time, cfg, model)
                 if rec is not None:
                     snapshots.append(rec)
                     sends.append((snapshots_topic, person.encode(), avro.encode(avro.MEMBER_FEATURES, rec), None))

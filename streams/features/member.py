@@ -23,8 +23,12 @@ person's next lifecycle boundary (first seen + ``new_days``, last seen +
 time. It is published only when it differs from the last published one in
 anything but ``as_of_ms``: a batch of events that changes no published value,
 a redelivered batch and a repeated absorb publish nothing. Between those
-moments the published windows and days-since figures are as of ``as_of_ms``;
-a reader wanting them at another time recomputes from the windows' ends.
+moments the published windows, days-since figures and purchase outlook are as of
+``as_of_ms``; a reader wanting them at another time recomputes from the windows' ends.
+P(alive) and the expected purchases are for the BG/NBD parameters the worker has loaded
+when the snapshot is taken (streams/features/purchase_model.py): parameters replaced by a
+refit show in each person's next snapshot (a batch touching them or a lifecycle boundary);
+persons neither touched nor due keep their last published values until then.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from streams import redelivery
-from streams.features import profile
+from streams.features import bgnbd, profile
 from streams.features.config import DEFAULTS, FeatureSettings
 from streams.features.windows import DAY_MS
 
@@ -69,12 +73,14 @@ def _touch(view: Mapping[str, Any] | None) -> dict[str, Any] | None:
             **{k: view.get(k) for k in TOUCH_FIELDS}}
 
 
-def record(entry: Mapping[str, Any], now_ms: int, cfg: FeatureSettings = DEFAULTS) -> dict[str, Any] | None:
-    """The MemberFeatures record of the person at stream time ``now_ms``; None before any event."""
+def record(entry: Mapping[str, Any], now_ms: int, cfg: FeatureSettings = DEFAULTS,
+           model: bgnbd.Params | None = None) -> dict[str, Any] | None:
+    """The MemberFeatures record of the person at stream time ``now_ms``, the purchase outlook for
+    the BG/NBD parameters ``model`` (None: none loaded); None before any event."""
     state = entry["profile"]
     if state["last_ms"] is None:
         return None
-    snap = profile.snapshot(state, now_ms, cfg)
+    snap = profile.snapshot(state, now_ms, cfg, model)
     snap["as_of_ms"] = max(now_ms, state["last_ms"])
     snap["first_touch"], snap["last_touch"] = _touch(snap["first_touch"]), _touch(snap["last_touch"])
     return snap
@@ -86,9 +92,11 @@ def digest(rec: Mapping[str, Any]) -> str:
     return hashlib.blake2b(body.encode(), digest_size=12).hexdigest()
 
 
-def refresh(entry: Entry, now_ms: int, cfg: FeatureSettings = DEFAULTS) -> dict[str, Any] | None:
-    """Take the snapshot at ``now_ms``; return the record to publish, or None when no published value changed."""
-    rec = record(entry, now_ms, cfg)
+def refresh(entry: Entry, now_ms: int, cfg: FeatureSettings = DEFAULTS,
+            model: bgnbd.Params | None = None) -> dict[str, Any] | None:
+    """Take the snapshot at ``now_ms`` (purchase outlook for ``model``); return the record to publish,
+    or None when no published value changed."""
+    rec = record(entry, now_ms, cfg, model)
     if rec is None:
         return None
     entry["at"] = rec["as_of_ms"]

@@ -260,10 +260,10 @@ def _day(t_ms: int) -> int:
 
 def purchase_outlook(days: Mapping[str, Any] | None, now_ms: int,
                      model: bgnbd.Params | None) -> dict[str, Any]:
-    """(Not in the published snapshot yet: MemberFeatures has no fields for it.) The purchase model's view of a person at ``now_ms``: P(alive) and the expected purchases in
-    the next 30 days (BG/NBD, for the loaded parameters; None without parameters or before a first
-    order) and the expected next purchase (last purchase day plus the mean interval, midnight UTC
-    of that day; None before a second purchase day)."""
+    """The purchase model's view of a person at ``now_ms`` (published in every snapshot): P(alive)
+    and the expected purchases in the next 30 days (BG/NBD, for the loaded parameters; None without
+    parameters or before a first order) and the expected next purchase (last purchase day plus the
+    mean interval, midnight UTC of that day; None before a second purchase day)."""
     out: dict[str, Any] = {"p_alive": None, "expected_purchases_30d": None, "next_purchase_ms": None}
     if days is None:
         return out
@@ -278,8 +278,10 @@ def purchase_outlook(days: Mapping[str, Any] | None, now_ms: int,
     return out
 
 
-def snapshot(state: State, now_ms: int, cfg: FeatureSettings = DEFAULTS) -> dict[str, Any]:
-    """The person's features at ``now_ms`` (event time; the person's newest event time if later)."""
+def snapshot(state: State, now_ms: int, cfg: FeatureSettings = DEFAULTS,
+             model: bgnbd.Params | None = None) -> dict[str, Any]:
+    """The person's features at ``now_ms`` (event time; the person's newest event time if later),
+    with the purchase outlook for the BG/NBD parameters ``model`` (None: none loaded)."""
     last, orders = state["last_ms"], state["orders"]
     now = now_ms if last is None else max(now_ms, last)
     out: dict[str, Any] = {
@@ -321,6 +323,7 @@ def snapshot(state: State, now_ms: int, cfg: FeatureSettings = DEFAULTS) -> dict
         "consent": consent, "reachable": reach,
         "preferred_channel": segments.preferred_channel(reach, state["engaged"]),
     }
+    out |= purchase_outlook(state.get("purchases"), now, model)
     return out
 
 

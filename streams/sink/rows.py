@@ -115,7 +115,9 @@ MEMBER_COLS = [
     *(f"{touch}_{k}" for touch, keys in _TOUCH_COLS.items() for k in keys),
     "referred_by", "home_store", "home_guide", "interest_long", "interest_short", "interest_divergence",
     "interest_short_events", "interest_shift", "member_grid", "browse_without_buying", "lifecycle",
-    "marketing_consent", "reachable", "preferred_channel", "version", "is_deleted",
+    "marketing_consent", "reachable", "preferred_channel",
+    "p_alive", "expected_purchases_30d", "next_purchase",  # v3 (migration 0011)
+    "version", "is_deleted",
 ]
 
 
@@ -139,7 +141,8 @@ def member_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
         r["referred_by"], r["home_store"], r["home_guide"], r["interest_long"], r["interest_short"],
         r["interest_divergence"], r["interest_short_events"], r["interest_shift"], r["member_grid"] or "",
         r["browse_without_buying"], r["lifecycle"] or "", r["consent"].get("marketing", {}), r["reachable"],
-        r["preferred_channel"] or "", offset, 0,
+        r["preferred_channel"] or "", r["p_alive"], r["expected_purchases_30d"], _opt_ts(r["next_purchase_ms"]),
+        offset, 0,
     ]
 
 
