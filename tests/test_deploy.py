@@ -41,7 +41,7 @@ CLICKHOUSE_TABLES = {
     "identity_changes": {"kind", "identifiers", "resolver", "event_time", "reason"},
     "identity_assignments": {"person_id", "member_id", "is_deleted"},
     "member_snapshots": {"person_id", "member_id", "lifecycle", "member_grid", "browse_without_buying",
-                         "interest_shift", "last_seen", "is_deleted"},
+                         "interest_shift", "last_seen", "is_deleted", "p_alive", "expected_purchases_30d"},
     "member_segments": {"person_id", "as_of", "version", "lifecycle", "member_grid", "browse_without_buying",
                         "interest_shift"},
     "triggers": {"trigger_id", "rule", "channel", "outcome", "reason", "fired_at"},
@@ -289,7 +289,7 @@ def test_clickhouse_dashboards_pin_the_plugin_and_the_reporting_time_zone() -> N
 
 # Panels that show the state now, whatever the time range (and say so in their description).
 NOW_PANELS = {("touchline-identity", 7), ("touchline-identity", 8), ("touchline-members", 7), ("touchline-members", 8),
-              ("touchline-members", 9)}
+              ("touchline-members", 9), ("touchline-members", 10)}
 
 
 def test_dashboard_promql_uses_known_metrics() -> None:

@@ -37,17 +37,29 @@ End-of-day states (lifecycle / grid cell / flags), the rows every panel over tim
   C    -                  new / - / browsing    new / - / browsing    at_risk / - / browsing
   D    new / -            new / -               active / - / shift    active / - / shift
   E    (merged away)      new / -               active / -            at_risk / -
+
+Purchase model: the workers load BG/NBD parameters r = 1, alpha = 1/2, a = 0.8, b = 2 (per week)
+from a params file. Order days are UTC days (D1 10:10 is 11-01 02:10 UTC; D4 11:00 is 11-04 03:00
+UTC), and every latest snapshot of A and B is taken on 11-04 UTC, so T = 3/7 week for both:
+  A  orders on 11-01 and 11-02 (twice): x = 1, t_x = 1/7, T = 3/7
+       P(alive) = 1 / (1 + a / (b + x - 1) ((alpha + T) / (alpha + t_x))^(r + x))
+                = 1 / (1 + 0.8/2 (13/9)^2) = 81 / 148.6 = 0.545: the 50-60% bucket
+  B  orders on 11-01 and 11-04: x = 1, t_x = T = 3/7: P(alive) = b / (a + b) = 2 / 2.8 = 0.714: 70-80%
+  C, D, E never ordered: no P(alive), not in the distribution
+Expected purchases in 30 days: the closed form (bgnbd.conditional_expected) at those inputs.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streams.features import bgnbd
 from streams.identity.links import person_id_for
 from streams.sink import query as ch
 from tests.conftest import T0, encoded, touchpoint
@@ -146,6 +158,14 @@ LIST_NOW = (["person_id", "member_id", "browsing_without_buying", "shifting_inte
     [person("D"), "MD", False, True, "2026-11-03 02:15:00"],
     [person("C"), "MC", True, False, "2026-11-02 06:00:00"],
 ])
+PURCHASE_MODEL = bgnbd.Params(r=1.0, alpha=0.5, a=0.8, b=2.0)
+A_INPUTS, B_INPUTS = bgnbd.Inputs(1, 1 / 7, 3 / 7), bgnbd.Inputs(1, 3 / 7, 3 / 7)
+A_P_ALIVE, B_P_ALIVE = 81 / 148.6, 2 / 2.8
+# Persons with an order by P(alive) tenth: range, persons, mean P(alive), expected purchases in 30 days
+P_ALIVE_NOW = (["p_alive_range", "persons", "mean_p_alive", "expected_purchases_30d"], [
+    ["50–60%", 1, A_P_ALIVE, bgnbd.conditional_expected(PURCHASE_MODEL, A_INPUTS, 30 / 7)],
+    ["70–80%", 1, B_P_ALIVE, bgnbd.conditional_expected(PURCHASE_MODEL, B_INPUTS, 30 / 7)],
+])
 EXPECTED: dict[int, dict[str, tuple[list[str], list[list[Any]]]]] = {
     # Persons by lifecycle stage at each day's end (table above, column by column)
     2: {"all": (["day", "stage", "persons"], [
@@ -179,6 +199,7 @@ EXPECTED: dict[int, dict[str, tuple[list[str], list[list[Any]]]]] = {
     7: {"all": NOW, "mid": NOW},  # the latest snapshots, whatever the range
     8: {"all": GRID_NOW, "mid": GRID_NOW},
     9: {"all": LIST_NOW, "mid": LIST_NOW},
+    10: {"all": P_ALIVE_NOW, "mid": P_ALIVE_NOW},
 }
 
 
@@ -206,8 +227,15 @@ def _settle(settings: Any, done: Callable[[list[list[Any]]], bool], what: str) -
     raise AssertionError(f"{what}: latest snapshots {got}")
 
 
-def test_members_panels_show_segments_over_time_flows_and_now(stack_factory) -> None:
-    stack = stack_factory(workers=2, **FEATURES)
+def test_hand_worked_p_alive_is_the_closed_form() -> None:
+    assert A_P_ALIVE == pytest.approx(bgnbd.p_alive(PURCHASE_MODEL, A_INPUTS), rel=1e-12)
+    assert B_P_ALIVE == pytest.approx(bgnbd.p_alive(PURCHASE_MODEL, B_INPUTS), rel=1e-12)
+
+
+def test_members_panels_show_segments_over_time_flows_and_now(stack_factory, tmp_path: Path) -> None:
+    params = tmp_path / "params.json"
+    params.write_text(bgnbd.FittedModel(PURCHASE_MODEL, date(2026, 10, 31), 5, 0.0, 0.0).to_json())
+    stack = stack_factory(workers=2, purchase_model_params=str(params), **FEATURES)
     for day, events in DAYS.items():
         stack.produce([encoded(e) for e in events])
         _settle(stack.settings, _events_in(day), f"D{day}'s events")
