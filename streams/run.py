@@ -58,7 +58,7 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
                                        sink_query_port=free_port())
         print(f"  embedded broker on {broker.bootstrap}; {len(create_topics(settings))} topics created")
         _touchline(settings, "migrate")
-        _load_reference(settings, run_dir / "reference", SimConfig(seed=seed, events=events, persons=persons))
+        load_reference(settings, run_dir / "reference", SimConfig(seed=seed, events=events, persons=persons))
         sup = Supervisor(settings, run_dir / "logs")
         for i in range(workers):
             sup.start_worker(i)
@@ -123,7 +123,7 @@ def run(events: int, workers: int, seed: int, persons: int, rate: float | None, 
     return max(code, _html_report(settings, run_dir / "report.html"))
 
 
-def _load_reference(settings: Settings, directory: Any, config: Any) -> None:
+def load_reference(settings: Settings, directory: Any, config: Any) -> None:
     """The simulated brand's stores, catalog, campaign calendar and spend, loaded as `touchline load` does."""
     from streams.reference.loader import load
     from streams.simulate.reference import write_reference_files
