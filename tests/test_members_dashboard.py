@@ -51,7 +51,6 @@ Expected purchases in 30 days: the closed form (bgnbd.conditional_expected) at t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -61,9 +60,8 @@ import pytest
 
 from streams.features import bgnbd
 from streams.identity.links import person_id_for
-from streams.sink import query as ch
 from tests.conftest import T0, encoded, touchpoint
-from tests.panels import panel_failures
+from tests.panels import panel_failures, settled
 
 pytestmark = pytest.mark.e2e
 
@@ -213,20 +211,6 @@ def _events_in(day: int) -> Callable[[list[list[Any]]], bool]:
     return done
 
 
-def _settle(settings: Any, done: Callable[[list[list[Any]]], bool], what: str) -> None:
-    deadline = time.monotonic() + 120
-    got: list[list[Any]] = []
-    while time.monotonic() < deadline:
-        try:
-            got = ch.rows(settings, LATEST, open_directly=False)
-        except ch.QueryError:  # the sink is still starting, or the tables are not migrated yet
-            got = []
-        if done(got):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: latest snapshots {got}")
-
-
 def test_hand_worked_p_alive_is_the_closed_form() -> None:
     assert A_P_ALIVE == pytest.approx(bgnbd.p_alive(PURCHASE_MODEL, A_INPUTS), rel=1e-12)
     assert B_P_ALIVE == pytest.approx(bgnbd.p_alive(PURCHASE_MODEL, B_INPUTS), rel=1e-12)
@@ -238,9 +222,10 @@ def test_members_panels_show_segments_over_time_flows_and_now(stack_factory, tmp
     stack = stack_factory(workers=2, purchase_model_params=str(params), **FEATURES)
     for day, events in DAYS.items():
         stack.produce([encoded(e) for e in events])
-        _settle(stack.settings, _events_in(day), f"D{day}'s events")
+        settled(stack.settings, LATEST, _events_in(day), f"D{day}'s events: latest snapshots")
         stack.tick(at(day, 23))
-        _settle(stack.settings, lambda rows, want=END_OF_DAY[day]: rows == want, f"the end of D{day}")
+        settled(stack.settings, LATEST, lambda rows, want=END_OF_DAY[day]: rows == want,
+                f"the end of D{day}: latest snapshots")
 
     failures = panel_failures(stack.settings, UID, EXPECTED, RANGES)
     assert not failures, "\n".join(failures)
