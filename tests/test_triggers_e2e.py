@@ -1,19 +1,59 @@
 """The triggers agent running the declarative engine, end to end on 2 workers: a rule started by
 features (interest shift), consent withdrawn (suppressed, with its reason in ClickHouse) and a pending
-cart abandon moved to the survivor of an identity merge."""
+cart abandon moved to the survivor of an identity merge. ``Member`` and ``advance`` script the journeys
+of tests/test_triggers_journeys.py and tests/test_triggers_restart.py."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from streams.tally import TopicReader
 from streams.triggers.delivery import in_holdout
 from tests.conftest import T0, encoded, touchpoint
-from tests.test_pipeline_e2e import _wait_until_triggers_stream_time
+from tests.test_pipeline_e2e import _cart, _wait_until_triggers_stream_time
 
 pytestmark = pytest.mark.e2e
 MIN, H, D = 60_000, 3_600_000, 86_400_000
 DAY0 = T0 + 210 * D  # a local midnight (T0 is one, +08:00); daytime events only, so no quiet hours
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member in scripted journeys: member id and WeChat openid on every event, and the time zone
+    of their device (``context.timezone``) when ``zone`` is set."""
+
+    member_id: str
+    zone: str | None = None
+
+    @property
+    def openid(self) -> str:
+        return f"oid-{self.member_id}"
+
+    def event(self, suffix: str, kind: str, t: int, channel: str = "mini_program", **props: Any) -> dict:
+        return touchpoint(f"{self.member_id}-{suffix}", kind, t, channel=channel,
+                          identifiers={"member_id": self.member_id, "wechat_openid": self.openid},
+                          context={"timezone": self.zone} if self.zone else None, properties=props or None)
+
+    def reachable_on_wechat(self, t: int) -> list[dict]:
+        """Follows the official account (its openid: the wechat_oa handle), then consents to WeChat marketing."""
+        return [self.event("follow", "wechat_followed", t, "wechat_oa", account_id="oa-1"),
+                self.event("consent", "consent_given", t + MIN, "wechat_oa", consent_channel="wechat",
+                           purpose="marketing")]
+
+    def cart(self, cart_id: str, t: int) -> dict:
+        return self.event(f"add-{cart_id}", "product_added", t, **_cart(cart_id))
+
+    def order(self, order_id: str, t: int, revenue: float) -> dict:
+        return self.event(order_id, "order_completed", t, order_id=order_id, revenue=revenue)
+
+
+def advance(stack: Any, t_ms: int) -> None:
+    """Move the test clock to ``t_ms`` and wait until every partition of the triggers stage has applied it."""
+    stack.tick(t_ms)
+    _wait_until_triggers_stream_time(stack, t_ms)
 
 
 def _view(eid: str, t: int, category: str, ids: dict[str, str]) -> dict:
