@@ -34,8 +34,9 @@ def built(events: list[dict[str, Any]], cfg: FeatureSettings = CFG) -> dict[str,
     return state
 
 
-def features(events: list[dict[str, Any]], now: int = NOW, cfg: FeatureSettings = CFG) -> dict[str, Any]:
-    return profile.snapshot(built(events, cfg), now, cfg)
+def features(events: list[dict[str, Any]], now: int = NOW, cfg: FeatureSettings = CFG,
+             stores: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    return profile.snapshot(built(events, cfg), now, cfg, stores=stores)
 
 
 def page(eid: str, t: int, channel: str = "web", **fields: Any) -> dict[str, Any]:
@@ -201,6 +202,85 @@ def test_home_store_and_shopping_guide() -> None:
     f = features(events)
     assert (f["home_store"], f["home_guide"]) == ("S1", "G2")  # orders first, then events
     assert features(events[2:])["home_store"] == "S2" and features(events[2:])["home_guide"] == "G1"
+
+
+def store(store_id: str, city: str, opened_on: str, closed_on: str | None = None) -> dict[str, Any]:
+    return {"store_id": store_id, "name": store_id, "city": city, "latitude": 31.2, "longitude": 121.5,
+            "opened_on": opened_on, "closed_on": closed_on}
+
+
+def city_page(eid: str, t: int, city: str | None, channel: str = "web") -> dict[str, Any]:
+    return page(eid, t, channel, context={"city": city})
+
+
+def test_city_is_that_of_the_latest_event_carrying_one() -> None:
+    events = [city_page("a", NOW - 3 * DAY, "Hangzhou"), city_page("b", NOW - 2 * DAY, "Shanghai"),
+              city_page("c", NOW - DAY, None), city_page("d", NOW - 5 * DAY, "Beijing"),
+              city_page("e", NOW - HOUR, "  ")]
+    assert features(events)["city"] == "Shanghai"  # c and e carry no city; d is older
+    for seed in range(5):  # any arrival order
+        shuffled = list(events)
+        random.Random(seed).shuffle(shuffled)
+        assert features(shuffled)["city"] == "Shanghai"
+    tie = [city_page("x", NOW - DAY, "Hangzhou"), city_page("y", NOW - DAY, "Shanghai")]
+    assert features(tie)["city"] == features(tie[::-1])["city"] == "Shanghai"  # same time: the larger string
+    assert features([page("p", NOW)])["city"] is None
+    assert built([city_page("s", NOW, " Shanghai ")])["city"] == [NOW, "Shanghai"]  # one time, one string
+
+
+def test_merge_takes_the_later_city() -> None:
+    early, late = built([city_page("a", NOW - 2 * DAY, "Shanghai")]), built([city_page("b", NOW - DAY, "Hangzhou")])
+    both = [city_page("a", NOW - 2 * DAY, "Shanghai"), city_page("b", NOW - DAY, "Hangzhou")]
+    for merged in (profile.merge(early, late), profile.merge(late, early)):
+        assert merged["city"] == built(both)["city"] == [NOW - DAY, "Hangzhou"]
+    assert profile.merge(early, profile.empty("p-2"))["city"] == [NOW - 2 * DAY, "Shanghai"]
+    assert profile.merge(profile.empty("p-2"), early)["city"] == [NOW - 2 * DAY, "Shanghai"]
+
+
+# NOW is 2026-11-10 20:30 +08:00. 2026-10-20 00:00 +08:00 = 2026-10-19 16:00 UTC, 12 days before
+# T0 (2026-11-01 00:00 +08:00): 1_793_462_400_000 - 12 * 86_400_000.
+OCT20 = 1_792_425_600_000
+STORES = (store("S1", "Shanghai", "2020-01-01"), store("S3", "Shanghai", "2026-10-20"),
+          store("S2", "Shanghai", "2026-10-20"), store("S4", "Shanghai", "2026-12-01"),
+          store("S5", "Shanghai", "2018-06-01", "2026-11-01"), store("S6", "Hangzhou", "2021-01-01"))
+
+
+@pytest.mark.parametrize(("city", "home", "want"), [
+    ("Shanghai", "S1", ("S1", 1_577_808_000_000)),  # the home store, open in the city (2020-01-01 +08:00)
+    ("Shanghai", None, ("S2", OCT20)),  # else the latest opened; S2 and S3 the same day: smaller id
+    ("Shanghai", "S6", ("S2", OCT20)),  # home store in another city
+    ("Shanghai", "S5", ("S2", OCT20)),  # home store closed (2026-11-01)
+    ("Shanghai", "S4", ("S2", OCT20)),  # home store not open yet (2026-12-01)
+    (" shanghai ", None, ("S2", OCT20)),  # cities match as stores_in matches them
+    ("Hangzhou", "S1", ("S6", 1_609_430_400_000)),
+    ("Beijing", None, (None, None)),  # no store in the city
+    (None, "S1", (None, None)),  # no city known
+])
+def test_city_store_by_hand(city: str | None, home: str | None, want: tuple[str | None, int | None]) -> None:
+    assert profile.city_store(STORES, city, home, NOW) == want
+
+
+def test_city_store_opens_and_closes_at_local_midnight() -> None:
+    only = (store("S9", "Shanghai", "2026-10-20", "2026-11-05"),)
+    assert profile.city_store(only, "Shanghai", None, OCT20 - 1) == (None, None)  # 2026-10-19 23:59:59.999 +08:00
+    assert profile.city_store(only, "Shanghai", None, OCT20) == ("S9", OCT20)
+    closing = OCT20 + 16 * DAY  # 2026-11-05 00:00 +08:00
+    assert profile.city_store(only, "Shanghai", None, closing - 1) == ("S9", OCT20)
+    assert profile.city_store(only, "Shanghai", None, closing) == (None, None)
+    assert profile.city_store((), "Shanghai", None, NOW) == (None, None)
+
+
+def test_the_snapshot_publishes_city_and_city_store() -> None:
+    events = [city_page("a", NOW - 2 * DAY, "Shanghai"),
+              enriched(touchpoint("v", "store_visited", NOW - DAY, "store_pos", store_id="S1"))]
+    f = features(events, stores=STORES)
+    assert (f["home_store"], f["city"], f["city_store"], f["city_store_opened_ms"]) == (
+        "S1", "Shanghai", "S1", 1_577_808_000_000)
+    f = features(events[:1], stores=STORES)
+    assert (f["city"], f["city_store"], f["city_store_opened_ms"]) == ("Shanghai", "S2", OCT20)
+    assert features(events[:1], now=NOW + 30 * DAY, stores=STORES)["city_store"] == "S4"  # opened 2026-12-01
+    f = features(events[:1])  # no store records at hand
+    assert (f["city"], f["city_store"], f["city_store_opened_ms"]) == ("Shanghai", None, None)
 
 
 def test_places_beyond_the_cap_keep_the_strongest() -> None:
@@ -390,7 +470,8 @@ spec = st.fixed_dictionaries({
     "guide": st.sampled_from((None, "G1", "G2")), "cents": st.integers(0, 200_000),
     "consent_channel": st.sampled_from(("sms", "email", "all")), "purpose": st.sampled_from(("marketing", "profiling")),
     "context": st.sampled_from((None, {"campaign": "d11"}, {"medium": "kol", "kol_post_id": "x1"},
-                                {"search_keyword": "shoes"})),
+                                {"search_keyword": "shoes"}, {"city": "Shanghai"}, {"city": "Hangzhou"},
+                                {"city": "Beijing", "campaign": "d11"})),
     "ids": st.sampled_from(({}, {"phone": "h1"}, {"email": "h2"})), "member": st.sampled_from((None, "M1", "M2")),
     "referrer": st.sampled_from((None, "kol:lily")),
 })
@@ -412,6 +493,9 @@ def event_of(i: int, s: dict[str, Any]) -> dict[str, Any]:
 
 events_strategy = st.lists(spec, max_size=30).map(lambda specs: [event_of(i, s) for i, s in enumerate(specs)])
 NOWS = (NOW, NOW + 45 * DAY)
+# S2 opens between the two NOWS and S4 closes between them, so city_store differs by snapshot time.
+PROPERTY_STORES = (store("S1", "Shanghai", "2020-01-01"), store("S2", "Shanghai", "2026-12-01"),
+                   store("S3", "Hangzhou", "2024-03-01"), store("S4", "Shanghai", "2019-01-01", "2026-12-01"))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -423,7 +507,7 @@ def test_any_arrival_order_gives_the_same_features(events: list[dict[str, Any]],
     a, b = built(in_order), built(shuffled)
     assert {k: v for k, v in a.items() if k != "interest"} == {k: v for k, v in b.items() if k != "interest"}
     for now in NOWS:
-        assert_same(profile.snapshot(a, now), profile.snapshot(b, now))
+        assert_same(profile.snapshot(a, now, stores=PROPERTY_STORES), profile.snapshot(b, now, stores=PROPERTY_STORES))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -433,7 +517,7 @@ def test_merge_equals_the_features_of_the_combined_events(events: list[dict[str,
     right = [e for e, side in zip(events, split[: len(events)], strict=True) if not side]
     merged = profile.merge(built(left), built(right))
     for now in NOWS:
-        assert_same(profile.snapshot(merged, now), features(events, now))
+        assert_same(profile.snapshot(merged, now, stores=PROPERTY_STORES), features(events, now, stores=PROPERTY_STORES))
     assert_same(profile.merge(built(events), profile.empty("p-2")), built(events))
     assert_same(profile.merge(profile.empty("p-1"), built(events)), built(events))
 

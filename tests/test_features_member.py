@@ -194,3 +194,22 @@ def test_new_parameters_are_published_at_the_persons_next_snapshot() -> None:
     assert second["p_alive"] == bgnbd.p_alive(refit, bgnbd.Inputs(1, 1.0, 2.0)) != first["p_alive"]
     assert second["expected_purchases_30d"] == bgnbd.conditional_expected(refit, bgnbd.Inputs(1, 1.0, 2.0), 30 / 7)
     assert member.refresh(e, now + 180_000, CFG, None)["p_alive"] is None  # type: ignore[index]  # unloaded
+
+
+# City and city store in the published record (2026-11-01 00:00 +08:00 is T0).
+SHOP = {"store_id": "S-SH-9", "name": "Shanghai 9", "city": "Shanghai", "latitude": 31.2, "longitude": 121.5,
+        "opened_on": "2026-11-03", "closed_on": None}
+
+
+def test_the_city_store_is_published_and_a_store_opening_shows_at_the_next_snapshot() -> None:
+    e = entry_of("p-city", [enriched("v", "page_viewed", T0 + 3_600_000, context={"city": "Shanghai"})])
+    before = member.refresh(e, T0 + 2 * DAY_MS - 1, CFG, None, [SHOP])  # 2026-11-02 23:59:59.999 +08:00
+    assert before is not None
+    assert (before["city"], before["city_store"], before["city_store_opened_ms"]) == ("Shanghai", None, None)
+    assert avro.decode_as(avro.MEMBER_FEATURES, avro.encode(avro.MEMBER_FEATURES, before)) == before
+    opened = member.refresh(e, T0 + 2 * DAY_MS, CFG, None, [SHOP])  # the opening day, local midnight
+    assert opened is not None
+    assert (opened["city"], opened["city_store"], opened["city_store_opened_ms"]) == (
+        "Shanghai", "S-SH-9", T0 + 2 * DAY_MS)
+    assert avro.decode_as(avro.MEMBER_FEATURES, avro.encode(avro.MEMBER_FEATURES, opened)) == opened
+    assert member.refresh(e, T0 + 2 * DAY_MS + 60_000, CFG, None, [SHOP]) is None  # nothing new

@@ -11,7 +11,9 @@ stream time has reached get a snapshot too, so ``at_risk`` and ``lapsed`` are
 published without a new event. Snapshots carry P(alive) and expected purchases for
 the BG/NBD parameters of TOUCHLINE_PURCHASE_MODEL_PARAMS as loaded when the batch
 is processed (streams/features/purchase_model.py: looked at again on the worker's
-clock, so a refit is picked up without a restart).
+clock, so a refit is picked up without a restart), and the person's city store from
+the store reference table as this worker holds it when the batch is processed
+(``p.reference``; a store opening reaches a person with their next snapshot).
 
 The batch goes on to internal.featured (sessions, triggers) with the snapshots
 published after it appended as ``features`` ops.
@@ -67,8 +69,9 @@ def register(p: Pipeline) -> None:
             sends += [(snapshots_topic, person.encode(), None, None) for person in gone]
             snapshots: list[dict[str, Any]] = []
             model = purchase_model.params()
+            stores = p.reference.all("stores") if p.reference is not None else []
             for person, entry in entries.items():
-                rec = member.refresh(entry, stream_time, cfg, model)
+                rec = member.refresh(entry, stream_time, cfg, model, stores)
                 if rec is not None:
                     snapshots.append(rec)
                     sends.append((snapshots_topic, person.encode(), avro.encode(avro.MEMBER_FEATURES, rec), None))

@@ -29,13 +29,16 @@ P(alive) and the expected purchases are for the BG/NBD parameters the worker has
 when the snapshot is taken (streams/features/purchase_model.py): parameters replaced by a
 refit show in each person's next snapshot (a batch touching them or a lifecycle boundary);
 persons neither touched nor due keep their last published values until then.
+The same holds for ``city_store``: it is chosen from the store reference records the
+worker holds when the snapshot is taken (profile.city_store), so a store that opens
+or closes shows in a person's record only at their next snapshot.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from streams import redelivery
@@ -74,13 +77,14 @@ def _touch(view: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def record(entry: Mapping[str, Any], now_ms: int, cfg: FeatureSettings = DEFAULTS,
-           model: bgnbd.Params | None = None) -> dict[str, Any] | None:
+           model: bgnbd.Params | None = None, stores: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
     """The MemberFeatures record of the person at stream time ``now_ms``, the purchase outlook for
-    the BG/NBD parameters ``model`` (None: none loaded); None before any event."""
+    the BG/NBD parameters ``model`` (None: none loaded) and the city store among the store
+    reference records ``stores``; None before any event."""
     state = entry["profile"]
     if state["last_ms"] is None:
         return None
-    snap = profile.snapshot(state, now_ms, cfg, model)
+    snap = profile.snapshot(state, now_ms, cfg, model, stores)
     snap["as_of_ms"] = max(now_ms, state["last_ms"])
     snap["first_touch"], snap["last_touch"] = _touch(snap["first_touch"]), _touch(snap["last_touch"])
     return snap
@@ -93,10 +97,10 @@ def digest(rec: Mapping[str, Any]) -> str:
 
 
 def refresh(entry: Entry, now_ms: int, cfg: FeatureSettings = DEFAULTS,
-            model: bgnbd.Params | None = None) -> dict[str, Any] | None:
-    """Take the snapshot at ``now_ms`` (purchase outlook for ``model``); return the record to publish,
-    or None when no published value changed."""
-    rec = record(entry, now_ms, cfg, model)
+            model: bgnbd.Params | None = None, stores: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
+    """Take the snapshot at ``now_ms`` (purchase outlook for ``model``, city store among ``stores``);
+    return the record to publish, or None when no published value changed."""
+    rec = record(entry, now_ms, cfg, model, stores)
     if rec is None:
         return None
     entry["at"] = rec["as_of_ms"]

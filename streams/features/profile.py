@@ -33,18 +33,34 @@ Refunds are not netted. Touch details (first and last touch) are the event's
 channel, context campaign/source/medium/search keyword (or the search query of
 a products_searched)/KOL post/referrer URL, envelope referrer and store, and the
 partner of a points exchange.
+
+City and the store in it. ``city`` is the ``context.city`` of the person's latest
+event (by event time) that carries one, spelled as that event spelled it (stripped);
+two cities at the same event time: the larger string. The state keeps one
+[event time, city] pair combined by max, so order and merges do not change it, and
+imported (historical) events count like any other, as everywhere in this profile.
+``city_store`` is chosen at snapshot time from the store reference records passed to
+``snapshot`` (``city_store``): the person's home store if it is open in their city
+that day, else the most recently opened store open there (equal opening days: the
+smallest store id), else none. ``city_store_opened_ms`` is that store's ``opened_on``
+at local midnight in the store table's zone (Asia/Shanghai, +08:00, as
+streams/reference/view.py ``day_of`` reads days), and "open that day" is judged on the
+local day of the snapshot's time. A store that opens, closes or is renamed reaches a
+person only with their next snapshot (their next event or lifecycle boundary);
+nobody re-checks every person when the store table changes.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping
-from datetime import date
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime, time
 from typing import Any
 
 from streams.features import bgnbd, interest, segments, windows
 from streams.features.config import DEFAULTS, FeatureSettings
+from streams.reference.view import CHINA, day_of
 from streams.touchpoint.record import props
 from streams.touchpoint.taxonomy import PAGE_TYPES, is_junk
 
@@ -88,6 +104,7 @@ def empty(person_id: str) -> State:
         "follow": None,  # marker of the latest WeChat follow (True) or unfollow (False)
         "engaged": {},  # contact channel -> messages opened and clicked
         "id_types": [],
+        "city": None,  # [event time ms, city] of the latest event with a context.city (max of the pair)
     }
 
 
@@ -97,6 +114,11 @@ def _earlier(a: Marker | None, b: Marker | None) -> Marker | None:
 
 def _later(a: Marker | None, b: Marker | None) -> Marker | None:
     return a if b is None or (a is not None and a[:2] >= b[:2]) else b
+
+
+def _latest_city(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
+    """The later [event time, city] pair; the larger city at the same time (a total order)."""
+    return a if b is None or (a is not None and tuple(a) >= tuple(b)) else b
 
 
 def _min(a: int | None, b: int | None) -> int | None:
@@ -209,6 +231,9 @@ def apply(state: State, enriched: Mapping[str, Any], cfg: FeatureSettings = DEFA
         state["follow"] = _later(state["follow"], [t, eid, kind == "wechat_followed"])
     elif kind in ("message_opened", "message_clicked") and p.get("message_channel") in segments.CONTACT_CHANNELS:
         state["engaged"][p["message_channel"]] = state["engaged"].get(p["message_channel"], 0) + 1
+    city = ((tp.get("context") or {}).get("city") or "").strip()
+    if city:
+        state["city"] = _latest_city(state.get("city"), [t, city])
     ids = {k for k, v in (tp.get("identifiers") or {}).items() if isinstance(v, str) and not is_junk(v)}
     if not ids <= set(state["id_types"]):
         state["id_types"] = sorted(ids.union(state["id_types"]))
@@ -246,6 +271,7 @@ def merge(a: State, b: State, cfg: FeatureSettings = DEFAULTS) -> State:
         _state_consent(out["consent"], key, said)
     out["engaged"] = {c: a["engaged"].get(c, 0) + b["engaged"].get(c, 0) for c in a["engaged"].keys() | b["engaged"].keys()}
     out["id_types"] = sorted(set(a["id_types"]) | set(b["id_types"]))
+    out["city"] = copy.deepcopy(_latest_city(a.get("city"), b.get("city")))
     return out
 
 
@@ -278,10 +304,35 @@ def purchase_outlook(days: Mapping[str, Any] | None, now_ms: int,
     return out
 
 
+def opened_ms(store: Mapping[str, Any]) -> int:
+    """A store's ``opened_on`` as epoch ms: local midnight in the store table's zone (+08:00)."""
+    return int(datetime.combine(date.fromisoformat(store["opened_on"]), time(), CHINA).timestamp() * 1000)
+
+
+def city_store(stores: Iterable[Mapping[str, Any]], city: str | None, home_store: str | None,
+               now_ms: int) -> tuple[str | None, int | None]:
+    """(store id, opened ms) of the person's store in ``city`` among the store reference records
+    ``stores``, judged on the local day of ``now_ms``: ``home_store`` if open in the city that day,
+    else the most recently opened store open there (same day: the smallest store id); (None, None)
+    without a city or such a store. Cities match case-insensitively, as ``ReferenceData.stores_in``."""
+    if not city:
+        return None, None
+    want, today = city.strip().casefold(), day_of(now_ms)
+    open_here = [s for s in stores if s["city"].strip().casefold() == want and s["opened_on"] <= today
+                 and (s.get("closed_on") is None or today < s["closed_on"])]
+    if not open_here:
+        return None, None
+    home = [s for s in open_here if s["store_id"] == home_store]
+    best = home[0] if home else min(open_here, key=lambda s: (-date.fromisoformat(s["opened_on"]).toordinal(),
+                                                               s["store_id"]))
+    return best["store_id"], opened_ms(best)
+
+
 def snapshot(state: State, now_ms: int, cfg: FeatureSettings = DEFAULTS,
-             model: bgnbd.Params | None = None) -> dict[str, Any]:
+             model: bgnbd.Params | None = None, stores: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The person's features at ``now_ms`` (event time; the person's newest event time if later),
-    with the purchase outlook for the BG/NBD parameters ``model`` (None: none loaded)."""
+    with the purchase outlook for the BG/NBD parameters ``model`` (None: none loaded) and the
+    person's store among the store reference records ``stores`` (none given: no city store)."""
     last, orders = state["last_ms"], state["orders"]
     now = now_ms if last is None else max(now_ms, last)
     out: dict[str, Any] = {
@@ -324,6 +375,9 @@ def snapshot(state: State, now_ms: int, cfg: FeatureSettings = DEFAULTS,
         "preferred_channel": segments.preferred_channel(reach, state["engaged"]),
     }
     out |= purchase_outlook(state.get("purchases"), now, model)
+    city = state.get("city")
+    out["city"] = city and city[1]
+    out["city_store"], out["city_store_opened_ms"] = city_store(stores, out["city"], out["home_store"], now)
     return out
 
 

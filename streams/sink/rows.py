@@ -117,6 +117,7 @@ MEMBER_COLS = [
     "interest_short_events", "interest_shift", "member_grid", "browse_without_buying", "lifecycle",
     "marketing_consent", "reachable", "preferred_channel",
     "p_alive", "expected_purchases_30d", "next_purchase",  # v3 (migration 0011)
+    "city", "city_store", "city_store_opened",  # v4 (migration 0012)
     "version", "is_deleted",
 ]
 
@@ -142,7 +143,7 @@ def member_row(r: dict[str, Any], offset: int = 0) -> list[Any]:
         r["interest_divergence"], r["interest_short_events"], r["interest_shift"], r["member_grid"] or "",
         r["browse_without_buying"], r["lifecycle"] or "", r["consent"].get("marketing", {}), r["reachable"],
         r["preferred_channel"] or "", r["p_alive"], r["expected_purchases_30d"], _opt_ts(r["next_purchase_ms"]),
-        offset, 0,
+        r["city"], r["city_store"], _opt_ts(r["city_store_opened_ms"]), offset, 0,
     ]
 
 
