@@ -43,7 +43,7 @@ FEATURES: dict[str, tuple[Type, str]] = {
     "first_touch": (_TOUCH, "how the person first came in: channel, entry, campaign..."),
     "channels": (MapOf(_SEEN), "touchpoint channel -> first and last seen there"),
     "city": (STRING, "the person's city, as touchpoint contexts and the store table spell it"),
-    "city_store": (STRING, "an open store in the person's city (the nearest), else null"),
+    "city_store": (STRING, "an open store in the person's city (their home store if it is one, else the latest opened), else null"),
     "city_store_opened_ms": (TIME, "when that store opened"),
     "p_alive": (NUMBER, "probability the person is still a customer (BG/NBD)"),
     "expected_purchases_30d": (NUMBER, "expected purchases in the next 30 days (BG/NBD)"),
