@@ -47,6 +47,8 @@ class Settings:
     ingest_batch_size: int = 2000
     allowed_lateness_s: float = 0.0
     cart_abandon_delay_s: float = 1800.0  # the cart_abandon trigger's wait (overrides its definition's)
+    recommend_days: int = 30  # recommend(category): best sellers by units ordered in this many UTC days
+    recommend_count: int = 6  # recommend(category): at most this many products
     triggers_dir: str = ""  # a directory of trigger definitions (*.yaml) besides the built-in ones; empty: none
     session_timeout_s: float = 1800.0  # a session ends after this much inactivity (event time)
     # "wall": the ingest watermark follows the system clock (production).

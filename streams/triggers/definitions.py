@@ -11,7 +11,9 @@ problem`` (all of them at once, in a ``DefinitionError``):
 3. Meaning: each expression parses and type-checks against the roots it may
    use (``streams/triggers/vocabulary.py``), conditions are bool, keys are
    paths to a single value, payloads name no personal identifier, the name
-   is the file's and is not defined twice.
+   is the file's and is not defined twice. Payload values may call the
+   functions of ``vocabulary.FUNCTIONS`` (``recommend(category)``); nothing
+   else may. A list value (a list of strings) goes into the record as JSON.
 
 Lines come from the composed YAML document: each JSON path of the data is
 walked down the node tree to the node's mark. The file format and the
@@ -36,12 +38,13 @@ from streams.touchpoint.taxonomy import PERSONAL_IDENTIFIERS
 from streams.triggers import expr
 from streams.triggers.delivery import Terms
 from streams.triggers.expr import Expr, ExprError
-from streams.triggers.vocabulary import event_type, roots
+from streams.triggers.vocabulary import event_type, roots, signatures
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 SCHEMA_PATH = avro.SCHEMA_DIR / "triggers" / "trigger.schema.json"
 _KEY_TYPES = (expr.STRING, expr.NUMBER, expr.TIME)
 _VALUE_TYPES = (*_KEY_TYPES, expr.BOOL, expr.DURATION)
+_PAYLOAD_TYPES = (*_VALUE_TYPES, expr.ListOf(expr.STRING))
 _PERSONAL = {("event", "identifiers", name) for name in PERSONAL_IDENTIFIERS}
 
 
@@ -136,6 +139,8 @@ def _texts(items: Iterable[tuple[str, Any]]) -> dict[str, str]:
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, list):  # as collected values are: '["P1", "P2"]'
+        return json.dumps(value)
     return ("true" if value else "false") if isinstance(value, bool) else repr(value)
 
 
@@ -303,11 +308,12 @@ class _Builder:
 
     def expression(self, path: Sequence[Any], roots_: Mapping[str, expr.Type], want: expr.Type | None = None,
                    types: Sequence[expr.Type] = (), single_path: bool = False,
-                   recorded: bool = False) -> Expr | None:
-        """Compile the expression at ``path``; ``recorded``: its value goes into the trigger record."""
+                   recorded: bool = False, functions: Mapping[str, expr.Signature] | None = None) -> Expr | None:
+        """Compile the expression at ``path``; ``recorded``: its value goes into the trigger record;
+        ``functions``: what it may call."""
         source = _get(self.data, path)
         try:
-            e = expr.compile(source, roots_, want)
+            e = expr.compile(source, roots_, want, functions)
         except ExprError as exc:
             self.problem(path, f"{exc.message} (column {exc.pos + 1} of {source.strip()!r})", exc.pos)
             return None
@@ -320,9 +326,12 @@ class _Builder:
             self.problem(path, f"{source!r} is personal data: it never goes into a trigger record")
         return e
 
-    def fields(self, path: Sequence[Any], roots_: Mapping[str, expr.Type]) -> dict[str, Expr | None]:
+    def fields(self, path: Sequence[Any], roots_: Mapping[str, expr.Type],
+               functions: Mapping[str, expr.Signature] | None = None) -> dict[str, Expr | None]:
         section = _get(self.data, path[:-1]).get(path[-1], {})
-        return {name: self.expression([*path, name], roots_, types=_VALUE_TYPES, recorded=True) for name in section}
+        types = _PAYLOAD_TYPES if functions else _VALUE_TYPES
+        return {name: self.expression([*path, name], roots_, types=types, recorded=True, functions=functions)
+                for name in section}
 
     def definition(self) -> Definition:
         d = self.data
@@ -333,7 +342,7 @@ class _Builder:
         start_roots = roots(with_event=bool(events))
         when = self.expression(["start", "when"], start_roots, want=expr.BOOL) if "when" in d["start"] else None
         key = self.expression(["key"], start_roots, types=_KEY_TYPES, single_path=True, recorded=True)
-        payload = self.fields(["payload"], start_roots)
+        payload = self.fields(["payload"], start_roots, signatures())
         wait = self.wait(d.get("wait"), key, payload)
         if self.problems:
             raise DefinitionError(self.problems)

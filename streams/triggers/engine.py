@@ -69,7 +69,7 @@ start counts once (event ids), its cancel finds nothing left, and a decided
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -84,6 +84,7 @@ from streams.triggers.delivery import (
     Policy,
     Recipient,
 )
+from streams.triggers.expr import FUNCTIONS
 
 State = dict[str, Any]
 Input = Mapping[str, Any] | None  # an enriched event, a features snapshot, or None: the clock moved
@@ -105,6 +106,7 @@ class Context:
     features: Mapping[str, Any] | None = None  # the person's latest snapshot, for events and clock advances
     calendar: Mapping[str, Any] = field(default_factory=dict)  # vocabulary.calendar_now at now_ms
     wait_ms: Mapping[str, int] = field(default_factory=dict)  # rule -> wait overriding its definition's
+    functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)  # what payloads may call (recommend)
 
 
 def recipient_of(snapshot: Mapping[str, Any], handles: Mapping[str, str] | None = None,
@@ -175,7 +177,7 @@ def step(state: State, definitions: Mapping[str, Definition], input: Input, now_
 
 def _context(ctx: Context, now: int, features: Mapping[str, Any] | None,
              event: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    found = {"features": features or {}, "calendar": ctx.calendar, "now": now}
+    found = {"features": features or {}, "calendar": ctx.calendar, "now": now, FUNCTIONS: ctx.functions}
     return found if event is None else found | {"event": event}
 
 

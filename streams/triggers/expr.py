@@ -9,7 +9,8 @@ Grammar (keywords are lower case; ``#`` starts nothing, there are no comments)::
     comparison := sum [ ("==" | "!=" | "<" | "<=" | ">" | ">=") sum
                       | ["not"] "in" (list | sum) ]
     sum        := atom (("+" | "-") atom)*
-    atom       := literal | path | "(" expr ")"
+    atom       := literal | call | path | "(" expr ")"
+    call       := NAME "(" [expr ("," expr)*] ")"   e.g. recommend(features.interest_category)
     list       := "[" [literal ("," literal)*] "]"
     literal    := ["-"] NUMBER | ["-"] DURATION | STRING | "true" | "false" | "null"
     path       := NAME ("." NAME)*           e.g. event.properties.cart.cart_id
@@ -20,6 +21,16 @@ Grammar (keywords are lower case; ``#`` starts nothing, there are no comments)::
 character. A path starts at a root the caller names (the trigger definitions
 give ``event``, ``features``, ``calendar`` and ``now``) and walks record
 fields and map keys.
+
+A call names a function of the registry the caller passes (``compile``'s
+``functions``: name -> ``Signature``, its parameter types and result type);
+the trigger definitions allow them in payloads only (``FUNCTIONS`` there:
+``recommend(category)``, a list of product ids). Arguments are checked
+against the parameters (``null`` fits any); an unknown function, or a call
+where the caller allows none, is an ``ExprError`` at the name. Evaluation
+looks the function up by name in the context's ``FUNCTIONS`` entry (a mapping
+name -> Python callable the caller supplies); a function missing there, or an
+argument that is null, makes the call null.
 
 Types, checked before anything runs (``compile``): ``number``, ``string``,
 ``bool``, ``time`` (epoch milliseconds), ``duration`` (milliseconds), lists,
@@ -152,6 +163,27 @@ class ListLit:
 
 
 @dataclass(frozen=True)
+class Call:
+    name: str
+    args: tuple[Node, ...]
+    pos: int = field(default=0, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.name}({', '.join(map(str, self.args))})"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A function's parameter types and result type, for type checking calls."""
+
+    params: tuple[Type, ...]
+    result: Type
+
+
+FUNCTIONS = "()"  # the context entry holding name -> callable (no root can be named so)
+
+
+@dataclass(frozen=True)
 class Not:
     operand: Node
     pos: int = field(default=0, compare=False)
@@ -192,12 +224,12 @@ class In:
         return f"{_sub(self.left)} {'not in' if self.negated else 'in'} {_sub(self.right)}"
 
 
-Node = Literal | Path | ListLit | Not | BoolOp | Binary | In
+Node = Literal | Path | ListLit | Call | Not | BoolOp | Binary | In
 
 
 def _sub(node: Node) -> str:
     """A child as source: bare when atomic, else in parentheses (so parsing it back gives the same tree)."""
-    return str(node) if isinstance(node, Literal | Path | ListLit) else f"({node})"
+    return str(node) if isinstance(node, Literal | Path | ListLit | Call) else f"({node})"
 
 
 # ---------------------------------------------------------------------------- lexer
@@ -313,6 +345,14 @@ class _Parser:
             return node
         if tok.kind == "name":
             self.i += 1
+            if "." not in tok.text and self.take("("):
+                args: list[Node] = []
+                if not self.take(")"):
+                    args.append(self.expr())
+                    while self.take(","):
+                        args.append(self.expr())
+                    self.expect(")")
+                return Call(tok.text, tuple(args), tok.pos)
             return Path(tuple(tok.text.split(".")), tok.pos)
         if tok.text == "[":
             raise ExprError("a list goes after 'in'", tok.pos)
@@ -366,10 +406,13 @@ _SUM_OPS = ("+", "-")
 _ORDERED = (NUMBER, STRING, TIME, DURATION)
 
 
-def check(node: Node, roots: Mapping[str, Type]) -> Type:
-    """The type of ``node`` given the types of the roots; ExprError where it does not type."""
+def check(node: Node, roots: Mapping[str, Type], functions: Mapping[str, Signature] | None = None) -> Type:
+    """The type of ``node`` given the types of the roots (and the ``functions`` a call may name);
+    ExprError where it does not type."""
     if isinstance(node, Literal):
         return node.type
+    if isinstance(node, Call):
+        return _call_type(node, roots, functions)
     if isinstance(node, Path):
         return _path_type(node, roots)
     if isinstance(node, ListLit):
@@ -379,9 +422,9 @@ def check(node: Node, roots: Mapping[str, Type]) -> Type:
         return ListOf(types.pop() if types else NULL)
     if isinstance(node, Not | BoolOp):
         for operand in (node.operand,) if isinstance(node, Not) else node.operands:
-            _expect(operand, roots, BOOL, f"'{'not' if isinstance(node, Not) else node.op}'")
+            _expect(operand, roots, BOOL, f"'{'not' if isinstance(node, Not) else node.op}'", functions)
         return BOOL
-    left, right = check(node.left, roots), check(node.right, roots)
+    left, right = check(node.left, roots, functions), check(node.right, roots, functions)
     if isinstance(node, In):
         if not isinstance(right, ListOf):
             raise ExprError(f"'in' needs a list, not {type_name(right)}", node.right.pos)
@@ -404,8 +447,26 @@ def check(node: Node, roots: Mapping[str, Type]) -> Type:
     return BOOL
 
 
-def _expect(node: Node, roots: Mapping[str, Type], want: Type, where: str) -> None:
-    got = check(node, roots)
+def _call_type(node: Call, roots: Mapping[str, Type], functions: Mapping[str, Signature] | None) -> Type:
+    if not functions:
+        raise ExprError(f"no function can be called here, not {node.name!r}", node.pos)
+    sig = functions.get(node.name)
+    if sig is None:
+        raise ExprError(f"unknown function {node.name!r}{suggest(node.name, functions)}; known: "
+                        f"{', '.join(sorted(functions))}", node.pos)
+    if len(node.args) != len(sig.params):
+        raise ExprError(f"{node.name}() takes {len(sig.params)} argument(s), not {len(node.args)}", node.pos)
+    for i, (arg, want) in enumerate(zip(node.args, sig.params, strict=True), start=1):
+        got = check(arg, roots, functions)
+        if got != want and got != NULL:
+            raise ExprError(f"{node.name}() argument {i} needs {type_name(want)}, not {type_name(got)}: {arg}",
+                            arg.pos)
+    return sig.result
+
+
+def _expect(node: Node, roots: Mapping[str, Type], want: Type, where: str,
+            functions: Mapping[str, Signature] | None = None) -> None:
+    got = check(node, roots, functions)
     if got != want:
         raise ExprError(f"{where} needs {type_name(want)}, not {type_name(got)}: {node}", node.pos)
 
@@ -454,6 +515,10 @@ def evaluate(node: Node, context: Mapping[str, Any]) -> Any:
         return value
     if isinstance(node, ListLit):
         return [i.value for i in node.items]
+    if isinstance(node, Call):
+        fn = (context.get(FUNCTIONS) or {}).get(node.name)
+        args = [evaluate(a, context) for a in node.args]
+        return None if fn is None or None in args else fn(*args)
     if isinstance(node, Not):
         value = _truth(evaluate(node.operand, context))
         return None if value is None else not value
@@ -497,6 +562,9 @@ def paths(node: Node) -> Iterator[Path]:
     elif isinstance(node, Binary | In):
         yield from paths(node.left)
         yield from paths(node.right)
+    elif isinstance(node, Call):
+        for a in node.args:
+            yield from paths(a)
 
 
 # ---------------------------------------------------------------------------- compiled expressions
@@ -516,11 +584,13 @@ class Expr:
         return list(paths(self.node))
 
 
-def compile(source: str, roots: Mapping[str, Type], want: Type | None = None) -> Expr:
-    """Parse and type-check ``source``; with ``want``, its type must be that."""
+def compile(source: str, roots: Mapping[str, Type], want: Type | None = None,
+            functions: Mapping[str, Signature] | None = None) -> Expr:
+    """Parse and type-check ``source``; with ``want``, its type must be that. ``functions``: the
+    functions a call may name (none by default)."""
     try:
         node = parse(source)
-        t = check(node, roots)
+        t = check(node, roots, functions)
     except RecursionError:
         raise ExprError("nested too deeply", 0) from None
     if want is not None and t != want:

@@ -13,6 +13,10 @@ with what the stage needs around it:
 - ``zone``: [event time, IANA zone] of the person's latest live event that
   names its device's time zone (``context.timezone``), or None: quiet hours
   are kept in that zone (without one, in the delivery policy's);
+- ``bought``: product id -> event time of the latest order of it, the latest
+  ``BOUGHT_KEPT`` products the person ordered (live and imported orders both),
+  what ``recommend`` never offers them; a map, so an order applied twice
+  changes nothing, and a merge keeps the latest of both;
 - ``src``: the redelivery marks (streams/redelivery.py);
 - ``absorbed``: the persons already merged into this one (the latest
   ``redelivery.ABSORBED_KEPT``), so a merged-away person's state handed over twice is
@@ -23,10 +27,11 @@ with what the stage needs around it:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from streams import redelivery
+from streams.touchpoint.record import props
 from streams.triggers import delivery, engine
 from streams.triggers.engine import Context
 from streams.triggers.vocabulary import FEATURES
@@ -35,11 +40,14 @@ Entry = dict[str, Any]
 # What the entry keeps of a snapshot: the features conditions may read, and the recipient's facts.
 FEATURE_KEYS = frozenset(FEATURES) | {"person_id", "member_id", "consent", "reachable", "preferred_channel"}
 PUBLISHED = (delivery.FIRE, delivery.HOLDOUT, delivery.SUPPRESSED)  # final decisions go on triggers.fired
+BOUGHT_KEPT = 50
+# recommend(category, bought products) -> product ids, as the triggers agent wires it (recommend.py)
+Recommender = Callable[[str, Collection[str]], list[str]]
 
 
 def empty(person_id: str, partition: int) -> Entry:
-    return {"engine": engine.empty(person_id), "features": None, "handles": {}, "zone": None, "absorbed": [],
-            "partition": partition}
+    return {"engine": engine.empty(person_id), "features": None, "handles": {}, "zone": None, "bought": {},
+            "absorbed": [], "partition": partition}
 
 
 def keep_features(entry: Entry, snapshot: Mapping[str, Any]) -> None:
@@ -72,25 +80,50 @@ def note_handles(entry: Entry, enriched: Mapping[str, Any]) -> None:
         entry["zone"] = _later(entry.get("zone"), [tp["event_time_ms"], zone])
 
 
+def note_bought(entry: Entry, enriched: Mapping[str, Any]) -> None:
+    """Remember the products of an order (``order_completed``, live or imported) the person placed."""
+    tp = enriched["touchpoint"]
+    if tp["type"] != "order_completed":
+        return
+    t = tp["event_time_ms"]
+    lines = [line["product_id"] for line in props(tp).get("products") or () if line.get("product_id")]
+    if lines:
+        entry["bought"] = _latest_bought(entry.get("bought") or {}, dict.fromkeys(lines, t))
+
+
+def _latest_bought(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    """Both maps of product -> latest order time, the latest ``BOUGHT_KEPT`` products (ties: the larger id)."""
+    joined = dict(a)
+    for pid, t in b.items():
+        joined[pid] = max(t, joined.get(pid, t))
+    kept = sorted(joined.items(), key=lambda kv: (kv[1], kv[0]))[-BOUGHT_KEPT:]
+    return dict(sorted(kept))
+
+
 def _later(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
     return max((z for z in (a, b) if z), default=None)
 
 
 def context(entry: Entry, policy: delivery.Policy, calendar: Mapping[str, Any],
-            wait_ms: Mapping[str, int]) -> Context:
-    """The engine's context for this person: their latest features and the recipient they make.
+            wait_ms: Mapping[str, int], recommender: Recommender | None = None) -> Context:
+    """The engine's context for this person: their latest features and the recipient they make, and
+    the payload functions (``recommend(category)``: ``recommender`` given what they bought).
     Without a snapshot yet the person reaches no channel (decisions are suppressed as unreachable)."""
     features = entry["features"]
     zone = entry.get("zone")
     recipient = None if features is None else engine.recipient_of(features, entry["handles"],
                                                                   timezone=zone[1] if zone else None)
-    return Context(policy, recipient, features, calendar, wait_ms)
+    functions: dict[str, Callable[..., Any]] = {}
+    if recommender is not None:
+        bought = frozenset(entry.get("bought") or ())
+        functions["recommend"] = lambda category: recommender(category, bought)
+    return Context(policy, recipient, features, calendar, wait_ms, functions)
 
 
 def handed_over(entry: Mapping[str, Any]) -> str:
     """What a trigger_state op carries of a merged-away person to the survivor's partition."""
     return json.dumps({"engine": entry["engine"], "handles": entry["handles"], "zone": entry.get("zone"),
-                       "absorbed": entry["absorbed"]})
+                       "bought": entry.get("bought") or {}, "absorbed": entry["absorbed"]})
 
 
 def absorb(entry: Entry, person_id: str, gone: Mapping[str, Any], policy: delivery.Policy) -> bool:
@@ -100,6 +133,7 @@ def absorb(entry: Entry, person_id: str, gone: Mapping[str, Any], policy: delive
     entry["engine"] = engine.merge_states(entry["engine"], gone["engine"], policy)
     entry["handles"] = {**gone["handles"], **entry["handles"]}
     entry["zone"] = _later(entry.get("zone"), gone.get("zone"))
+    entry["bought"] = _latest_bought(entry.get("bought") or {}, gone.get("bought") or {})
     return True
 
 

@@ -11,6 +11,10 @@
 - ``calendar``: the campaign calendar as seen now (``calendar_now``): the next
   campaign that has not ended, its phase and how long until its sale starts.
 - ``now``: the time the condition is evaluated (stream time), a time.
+
+``FUNCTIONS`` are what a payload value may call (streams/triggers/expr.py), with
+their signatures; the triggers stage supplies their implementations per person
+(streams/triggers/person.py ``context``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,18 @@ from typing import Any
 
 from streams.reference.view import CHINA, campaign_phase, day_of
 from streams.touchpoint.record import NS, named_schemas
-from streams.triggers.expr import BOOL, DURATION, NUMBER, STRING, TIME, ListOf, MapOf, Record, Type
+from streams.triggers.expr import (
+    BOOL,
+    DURATION,
+    NUMBER,
+    STRING,
+    TIME,
+    ListOf,
+    MapOf,
+    Record,
+    Signature,
+    Type,
+)
 
 _TOUCH = Record("touch", {"at_ms": TIME, "entry": STRING, "channel": STRING, "campaign": STRING, "source": STRING,
                           "medium": STRING, "search_keyword": STRING, "kol_post_id": STRING, "partner": STRING,
@@ -55,6 +70,19 @@ CALENDAR: dict[str, tuple[Type, str]] = {
     "phase": (STRING, "upcoming | warmup | sale"),
     "starts_in": (DURATION, "from now to the first sale day (local midnight); not positive once it started"),
 }
+
+# name -> (signature, meaning): the functions payload values may call.
+FUNCTIONS: dict[str, tuple[Signature, str]] = {
+    "recommend": (Signature((STRING,), ListOf(STRING)),
+                  "product ids to recommend in a category to this person: the category's new arrivals, its best "
+                  "sellers of the last days, products often bought with what they bought; never one they bought "
+                  "(streams/triggers/recommend.py)"),
+}
+
+
+def signatures() -> dict[str, Signature]:
+    return {name: sig for name, (sig, _) in FUNCTIONS.items()}
+
 
 _AVRO: dict[str, Type] = {"string": STRING, "boolean": BOOL, "int": NUMBER, "long": NUMBER,
                           "float": NUMBER, "double": NUMBER}
