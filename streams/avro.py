@@ -58,6 +58,7 @@ SPEND = "com.touchline.reference.Spend"
 IMPORT_LEDGER = "com.touchline.imports.ImportLedgerEntry"
 SESSION = "com.touchline.sessions.Session"
 IDENTITY_WORK = "com.touchline.internal.IdentityWork"
+PRODUCT_SALES = "com.touchline.internal.ProductSales"
 IDENTITY_ASSIGNMENT = "com.touchline.identity.IdentityAssignment"
 
 

@@ -4,6 +4,7 @@ Stages are chained through Kafka, each a thin agent around a pure core:
 
     raw --ingest thread--> internal.ingested --identity--> internal.person-ops
         --features--> internal.featured --triggers--> triggers.fired
+    internal.person-ops --product-sales--> products.sales (read whole by every worker, for triggers)
 
 with public outputs touchpoints.enriched, identity.changes, members.features
 and touchpoints.dead-letter. Internal records carry many events each (one
@@ -54,6 +55,7 @@ class Pipeline:
     clock: Clock
     topics: dict[str, Any]
     reference: Any = None  # streams.reference.view.ReferenceData over the reference GlobalTables
+    sales: Any = None  # streams.triggers.sales_agent.SalesView over the products.sales GlobalTable
     watched: dict[str, WatchedTable] = field(default_factory=dict)  # tables sampled for state metrics
 
     def topic(self, spec: TopicSpec) -> Any:
@@ -217,12 +219,14 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
     from streams.reference.tables import register as register_reference
     from streams.sessions.agents import register as register_sessions
     from streams.triggers.agents import register as register_triggers
+    from streams.triggers.sales_agent import register as register_sales
 
     pipeline.reference = register_reference(pipeline)
     _REFERENCES[id(app)] = pipeline.reference
     register_identity(pipeline)
     register_identity_graph(pipeline)
     register_features(pipeline)
+    pipeline.sales = register_sales(pipeline)
     register_triggers(pipeline)
     register_sessions(pipeline)
     _register_ingest(pipeline)

@@ -87,6 +87,12 @@ TRIGGERS = TopicSpec(
     "triggers.fired", avro.TRIGGER, "person_id",
     "Live triggers fired, one per record, with deterministic trigger ids.",
 )
+PRODUCT_SALES = TopicSpec(
+    "products.sales", avro.PRODUCT_SALES, "partition|product_id",
+    "Each product's order units per day of the last days and what is bought with it, per person-ops "
+    "partition, for recommendations (compacted; every worker reads it whole).",
+    compacted=True, internal=True,
+)
 IMPORTS_LEDGER = TopicSpec(
     "imports.ledger", avro.IMPORT_LEDGER, "file_sha256:mapping_sha256",
     "Completed `touchline import`s of history: re-importing the same file with the same mapping "
@@ -118,7 +124,7 @@ REFERENCE_TOPICS: tuple[TopicSpec, ...] = (REF_STORES, REF_PRODUCTS, REF_CAMPAIG
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     RAW, DEAD_LETTERS, INGESTED, ENRICHED, IDENTITY_CHANGES, IDENTITY_WORK, IDENTITY_ASSIGNMENTS,
-    PERSON_OPS, FEATURED, SESSIONS, MEMBER_FEATURES, TRIGGERS, IMPORTS_LEDGER, *REFERENCE_TOPICS,
+    PERSON_OPS, FEATURED, SESSIONS, MEMBER_FEATURES, TRIGGERS, PRODUCT_SALES, IMPORTS_LEDGER, *REFERENCE_TOPICS,
 )
 
 

@@ -78,8 +78,10 @@ def test_recommend_never_offers_what_the_person_bought() -> None:
 
 
 def test_recommend_window_counts_days_back_from_now() -> None:
-    # a 1-day window (2026-12-10 UTC): only X1 sold in it
-    assert recommend("women/fashion", NOW, [], SALES, set(), 1, 5) == ["X1"]
+    # a 1-day window (2026-12-10 UTC): only X1 sold in it, and S1's co-purchases are older
+    assert recommend("women/fashion", NOW, [], SALES, {"S1"}, 1, 5) == ["X1"]
+    # 8 days (from 2026-12-03): only partition 1's summary of S1 counts, C1 once, before B2
+    assert recommend("women/fashion", NOW, [], SALES, {"S1"}, 8, 3) == ["B1", "C1", "N2"]
     # 40 days back: B2's old 9 units count, 13 > B1's 5
     assert recommend("women/fashion", NOW, [], SALES, set(), 40, 2) == ["B2", "B1"]
 

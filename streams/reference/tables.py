@@ -45,6 +45,7 @@ from streams.reference.view import ReferenceData
 
 if TYPE_CHECKING:
     from streams.pipeline import Pipeline
+    from streams.topics import TopicSpec
 
 
 class _ExternalGlobalTable(GlobalTable):
@@ -58,24 +59,31 @@ def table_name(kind: str) -> str:
     return f"reference-{kind}"
 
 
+def external_global_table(p: Pipeline, spec: TopicSpec, name: str, help: str) -> Any:
+    """A GlobalTable of raw bytes over the compacted topic ``spec`` (see module doc), added to the app:
+    every worker holds every key, read before the agents start and kept up to date afterwards.
+    Also the product sales summaries' (streams/triggers/sales_agent.py)."""
+    app, settings = p.app, p.settings
+    # Our own Topic object (same name as p.topic(spec)) so that, if the topic
+    # is missing, Faust declares it compacted rather than with delete policy.
+    topic = app.topic(spec.name(settings), partitions=spec.partitions(settings), compacting=True,
+                      key_serializer="raw", value_serializer="raw")
+    return app.tables.add(_ExternalGlobalTable(
+        app, name=name, default=None, partitions=spec.partitions(settings),
+        changelog_topic=topic, key_type=bytes, value_type=bytes,  # raw bytes, decoded by the reader
+        beacon=app.tables.beacon, is_global=True,
+        # Apply every record as it arrives, and keep reading all partitions
+        # although the writer is outside this consumer group.
+        standby_buffer_size=1, recovery_buffer_size=1, synchronize_all_active_partitions=True,
+        help=help,
+    ))
+
+
 def register(p: Pipeline) -> ReferenceData:
     """Add the four reference GlobalTables to the app; return the lookups over them."""
-    app, settings = p.app, p.settings
     sources: dict[str, Any] = {}
     for kind in KINDS.values():
-        spec = kind.topic
-        # Our own Topic object (same name as p.topic(spec)) so that, if the topic
-        # is missing, Faust declares it compacted rather than with delete policy.
-        topic = app.topic(spec.name(settings), partitions=spec.partitions(settings), compacting=True,
-                          key_serializer="raw", value_serializer="raw")
-        table = app.tables.add(_ExternalGlobalTable(
-            app, name=table_name(kind.name), default=None, partitions=spec.partitions(settings),
-            changelog_topic=topic, key_type=bytes, value_type=bytes,  # raw bytes, decoded by ReferenceData
-            beacon=app.tables.beacon, is_global=True,
-            # Apply every record as it arrives, and keep reading all partitions
-            # although the writer is outside this consumer group.
-            standby_buffer_size=1, recovery_buffer_size=1, synchronize_all_active_partitions=True,
-            help=f"reference {kind.name} (read-only, from {spec.name(settings)})",
-        ))
-        sources[kind.name] = table
+        sources[kind.name] = external_global_table(
+            p, kind.topic, table_name(kind.name),
+            f"reference {kind.name} (read-only, from {kind.topic.name(p.settings)})")
     return ReferenceData(sources)

@@ -19,6 +19,12 @@ batch's stream time (``trigger-clocks``):
    whose next wait or deferred decision is due (``streamtime.DueIndex`` over
    ``engine.next_due``).
 
+Payloads may call ``recommend(category)``: the products to recommend at the
+batch's stream time (streams/triggers/recommend.py) from the product catalog
+(``p.reference``), the sales summaries every worker reads (``p.sales``,
+streams/triggers/sales_agent.py) and the products the person ordered (the
+entry's ``bought``, noted from each event op before its step).
+
 Final decisions (fire, holdout, suppressed) are published on triggers.fired,
 one record per trigger id; a decision deferred by quiet hours stays in the
 state and is published when decided again. Outputs first: moves and records
@@ -29,13 +35,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from streams import avro, metrics, redelivery, streamtime
 from streams.pipeline import PersonEntries, Pipeline, deliver
 from streams.topics import FEATURED, TRIGGERS
 from streams.triggers import delivery, engine, person
+from streams.triggers.recommend import recommend
 from streams.triggers.vocabulary import calendar_now
 
 CART_ABANDON = "cart_abandon"
@@ -62,13 +69,27 @@ def register(p: Pipeline) -> None:
     index = streamtime.DueIndex(table, person.next_due)
     p.on_revoked(index.forget)
 
+    def recommender(now_ms: int) -> person.Recommender:
+        """``recommend(category)`` at the batch's stream time, over the catalog and the sales summaries
+        this worker holds (read once per batch, when a payload first asks)."""
+        held: list[list[dict[str, Any]]] = []
+
+        def products_for(category: str, bought: Collection[str]) -> list[str]:
+            if not held:
+                held.append(p.reference.all("products") if p.reference is not None else [])
+                held.append(p.sales.summaries() if p.sales is not None else [])
+            return recommend(category, now_ms, held[0], held[1], bought, p.settings.recommend_days,
+                             p.settings.recommend_count)
+        return products_for
+
     def stepper(now_ms: int, decisions: list[dict[str, Any]]) -> Callable[[person.Entry, engine.Input], None]:
         """One engine step on a person's entry at the batch's stream time; its decisions go to ``decisions``."""
         campaigns = p.reference.all("calendar") if p.reference is not None else []
         cal = calendar_now(campaigns, now_ms)
+        products_for = recommender(now_ms)
 
         def step(entry: person.Entry, input: engine.Input) -> None:
-            ctx = person.context(entry, policy, cal, wait_ms)
+            ctx = person.context(entry, policy, cal, wait_ms, products_for)
             decisions.extend(engine.step(entry["engine"], definitions, input, now_ms, ctx)[1])
         return step
 
@@ -133,6 +154,7 @@ def _apply(
             entry = entries.entry_of(who)
             if claims.new(who, entry):
                 person.note_handles(entry, op["event"])
+                person.note_bought(entry, op["event"])
                 step(entry, op["event"])
         elif op["kind"] == "merge":
             entries.leave(op, "trigger_state", person.handed_over, features=None)

@@ -10,7 +10,10 @@ Three lists, each in a deterministic order (ties: the smaller product id):
    summaries (streams/triggers/sales.py, topic ``products.sales``), most first;
 3. **bought together**: products bought in the same orders as the products the
    person bought, by the number of such orders summed over what they bought
-   and over partitions, most first (any category: what goes with what they have).
+   and over partitions, most first (any category: what goes with what they
+   have). Only summaries with units in the window count: a partition's entry
+   is pruned by the latest order it saw, so a quiet partition may still hold
+   older figures.
 
 The result interleaves them, one from each list in that order (a new arrival, a
 best seller, a bought-together product, a new arrival...), skipping a product
@@ -58,10 +61,12 @@ def best_sellers(category: str, now_ms: int, sales: Iterable[Mapping[str, Any]],
     return _ranked(units)
 
 
-def bought_together(sales: Iterable[Mapping[str, Any]], bought: Collection[str]) -> list[str]:
+def bought_together(now_ms: int, sales: Iterable[Mapping[str, Any]], bought: Collection[str],
+                    n_days: int) -> list[str]:
+    start = first_day(now_ms, n_days)
     together: dict[str, float] = {}
     for s in sales:
-        if s["product_id"] in bought:
+        if s["product_id"] in bought and any(d >= start for d in s.get("days") or ()):
             for other, n in (s.get("co") or {}).items():
                 together[other] = together.get(other, 0) + n
     return _ranked(together)
@@ -76,7 +81,7 @@ def recommend(category: str, now_ms: int, catalog_products: Iterable[Mapping[str
     summaries = list(sales)
     paths = {p["product_id"]: p.get("category_path") for p in catalog}
     lists = [new_arrivals(category, catalog), best_sellers(category, now_ms, summaries, n_days, paths),
-             bought_together(summaries, bought)]
+             bought_together(now_ms, summaries, bought, n_days)]
     taken: list[str] = []
     seen = set(bought)
     cursors = [iter(ids) for ids in lists]
