@@ -80,8 +80,12 @@ def test_a_new_definition_the_delivery_rules_and_browse_without_buying_on_one_ti
     produced: list[dict] = []
 
     def produce(*events: dict) -> None:
+        """Produce and wait until identity has passed them on: a clock tick produced right after
+        could otherwise share their batch, and a decision without a wait would be taken at the
+        tick's stream time instead of its event's."""
         produced.extend(events)
         stack.produce([encoded(e) for e in events])
+        stack.wait_for(reader, lambda t: len(t.event_ids) == len(produced))
 
     # Everyone reachable on WeChat (followed, consented) 22 days before; the browser and the buyer visit
     # on three days (3 sessions in 30 days: browsing without buying), 3 weeks before the sale: too early.
