@@ -28,7 +28,7 @@ from streams.triggers.delivery import (
     trigger_id,
 )
 from streams.triggers.engine import Context, State, empty, merge_states, recipient_of, step
-from streams.triggers.vocabulary import calendar_now
+from streams.triggers.vocabulary import as_of, calendar_now
 from tests.conftest import T0  # 2026-11-01T00:00:00+08:00
 
 MIN, HOUR = 60_000, 3_600_000
@@ -239,6 +239,36 @@ def test_repurchase_due_is_evaluated_again_as_stream_time_moves() -> None:
     assert out == []
     state, out = run([(None, NOON + 3 * DAY_MS), (None, NOON + 4 * DAY_MS)], defs=DEFS, ctx=ctx, state=state)
     assert [(r["rule"], r["correlation_key"]) for r in out] == [("repurchase_due", str(NOON + 5 * DAY_MS))]
+
+
+def test_win_back_starts_on_the_day_a_quiet_spell_reaches_60_days_without_a_new_snapshot() -> None:
+    # The latest snapshot was taken 30 days after the last order; conditions count the days to now.
+    last_order = T0 - 30 * DAY_MS
+    taken = {**QUIET, "days_since_last_order": 30, "last_order_ms": last_order, "as_of_ms": NOON}
+    ctx = replace(CTX, features=taken)
+    state, out = run([(taken, NOON), (None, last_order + 60 * DAY_MS - 1)], defs=DEFS, ctx=ctx)
+    assert out == []  # 59 days and some hours
+    state, out = run([(None, last_order + 60 * DAY_MS)], defs=DEFS, ctx=ctx, state=state)
+    assert [(r["rule"], r["due_at_ms"], r["payload"]) for r in out] == [
+        ("win_back", last_order + 60 * DAY_MS, {"days_since_last_order": "60"})]
+
+
+def test_features_are_read_as_of_now_and_a_stepped_person_is_rechecked_at_each_utc_midnight() -> None:
+    snap = {"days_since_last_order": 3, "last_order_ms": T0, "as_of_ms": T0 + 3 * DAY_MS, "revenue_total": 1.0}
+    assert as_of(snap, T0 + 3 * DAY_MS) is snap
+    assert as_of(snap, T0 + 9 * DAY_MS + HOUR) == {**snap, "days_since_last_order": 9}
+    assert as_of({"days_since_last_order": None, "last_order_ms": None}, T0)["days_since_last_order"] is None
+    assert (DEFS["win_back"].changes_with_time, DEFS["repurchase_due"].changes_with_time,
+            DEFS["interest_shift"].changes_with_time) == (True, True, False)
+    entry = person.empty("p-1", 0)
+    assert person.next_due(entry, recheck=True) is None  # no features, never stepped
+    person.keep_features(entry, snap)
+    entry["engine"]["clock"] = NOON  # 04:00 UTC
+    midnight_utc = (NOON // DAY_MS + 1) * DAY_MS
+    assert person.next_due(entry, recheck=True) == midnight_utc
+    assert person.next_due(entry, recheck=False) is None
+    entry["engine"]["waits"]["cart_abandon|c1"] = {"due_ms": NOON + HOUR}
+    assert person.next_due(entry, recheck=True) == NOON + HOUR
 
 
 def test_online_to_offline_goes_to_the_stores_guides() -> None:
@@ -479,7 +509,7 @@ def test_state_bytes_of_a_busy_person_stay_bounded() -> None:
         t = NOON + day * DAY_MS
         for i in range(30):
             state, _ = step(state, DEFS, add(t + i * MIN, f"c{day}", f"P{i:04d}"), t + i * MIN, CTX)
-        state, _ = step(state, DEFS, {**QUIET, "last_order_ms": t}, t + HOUR, CTX)
+        state, _ = step(state, DEFS, {**QUIET, "last_order_ms": t - 75 * DAY_MS}, t + HOUR, CTX)  # a new quiet spell
         state, _ = step(state, DEFS, None, t + 2 * HOUR, CTX)
     decided = engine.state_bytes(state)
     for cart in range(200):  # then a burst of carts, all pending, each with many items

@@ -11,20 +11,22 @@ as a running clock would: one jump across a boundary snapshots the person at the
 all members' devices are in Los Angeles (16:00 there), so no decision falls in quiet hours.
 
 When the rules are looked at. Neither rule has start events: the engine evaluates them on each
-features snapshot of the person (streams/triggers/engine.py), and repurchase_due, which reads
-``now``, on the clock advance of a batch that touches the person too. A person without events is
-re-snapshotted only at a lifecycle boundary (streams/features/member.py ``next_due``: first seen
-+ 30 days, last seen + 30 days, last seen + 90 days). So:
+features snapshot of the person (streams/triggers/engine.py), and, as both change with time alone
+(repurchase_due reads ``now``, win_back the days since the last order, counted to now), on every
+clock advance that steps the person: a batch touching them, or their daily recheck (a UTC midnight
+of stream time passed since their last step). A person without events is re-snapshotted only at a
+lifecycle boundary (streams/features/member.py ``next_due``: first seen + 30 days, last seen + 30
+days, last seen + 90 days), and P(alive) is that snapshot's. So:
 
 - repurchase_due: the regular buyer's first sighting is timed so that their "new" boundary
   (first seen + 30 days) is the very moment their next purchase comes within two days: it fires
   then, not a millisecond before.
-- win_back: the quiet valuable member has been 60 days without an order 74 days after their first
-  sighting, but is next snapshotted at the lapsed boundary (last seen + 90 days): the trigger goes
-  out then, 30 days after its condition first held, with days_since_last_order 90.
-
-Neither rule is looked at when its condition starts to hold between two of a person's snapshots:
-a rhythm coming due, or 60 days without an order, is seen at the person's next event or boundary.
+- win_back: the quiet valuable member has been 60 days without an order on day 74, 00:02, between
+  two snapshots (at risk on day 44, lapsed on day 104); their next daily recheck (day 75, 00:00)
+  counts the days to now and the trigger goes out then, with days_since_last_order 60 and the
+  day-44 P(alive).
+- repurchase_due for the quiet members too: their rhythm (days 0, 7, 14) puts the next purchase on
+  day 21, and their recheck on day 19 at 00:00 finds it two days ahead with P(alive) 2/3.
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ REGULAR = bgnbd.Inputs(3, 24 / 7, 30 / 7)  # orders on days 0, 8, 16, 24; seen o
 REGULAR_P_ALIVE = 1 / (1 + (37 / 31) ** 4 / 3)  # 0.5965: at least 0.5
 FADING = bgnbd.Inputs(1, 4 / 7, 7 / 7)  # orders on days 0 and 4; visits on day 7
 FADING_P_ALIVE = 121 / 317  # 1 / (1 + (14 / 11)^2) = 0.3817: under 0.5
-QUIET = bgnbd.Inputs(2, 14 / 7, 104 / 7)  # orders on days 0, 7, 14; seen on day 104
-QUIET_P_ALIVE = 686 / 51339  # 1 / (1 + (37 / 7)^3 / 2) = 0.0134: under 0.6
+QUIET = bgnbd.Inputs(2, 14 / 7, 44 / 7)  # orders on days 0, 7, 14; snapshotted (at risk) on day 44
+STEADY = bgnbd.Inputs(2, 14 / 7, 14 / 7)  # the quiet members at their last order (days 0, 7, 14)
+STEADY_P_ALIVE = 2 / 3  # 1 / (1 + 1 / 2): at least 0.5, so their rhythm (next purchase day 21) comes due
+QUIET_P_ALIVE = 686 / 5599  # at the day-44 snapshot: 1 / (1 + (17 / 7)^3 / 2) = 0.1225: under 0.6
+LAPSED = bgnbd.Inputs(2, 14 / 7, 104 / 7)  # the quiet members' lapsed snapshot, day 104
+LAPSED_P_ALIVE = 686 / 51339  # 1 / (1 + (37 / 7)^3 / 2) = 0.0134
 # The lifecycle boundaries after the last event (streams/features/member.py next_due): first seen + 30
 # days for all (U: day 30, 00:00); last seen + 30 and + 90 days: the fading buyer (visit on day 7,
 # 00:02), the quiet members (last order on day 14, 00:02), the regular buyer (last order on day 24, 00:02).
@@ -63,8 +69,11 @@ def test_hand_worked_p_alive_is_the_closed_form() -> None:
     assert bgnbd.p_alive(MODEL, REGULAR) == pytest.approx(REGULAR_P_ALIVE, rel=1e-12)
     assert bgnbd.p_alive(MODEL, FADING) == pytest.approx(FADING_P_ALIVE, rel=1e-12)
     assert bgnbd.p_alive(MODEL, QUIET) == pytest.approx(QUIET_P_ALIVE, rel=1e-12)
+    assert bgnbd.p_alive(MODEL, LAPSED) == pytest.approx(LAPSED_P_ALIVE, rel=1e-12)
     assert REGULAR_P_ALIVE >= 0.5 > FADING_P_ALIVE and QUIET_P_ALIVE < 0.6
+    assert bgnbd.p_alive(MODEL, STEADY) == pytest.approx(STEADY_P_ALIVE, rel=1e-12)
     assert bgnbd.conditional_expected(MODEL, REGULAR, 30 / 7) >= 0.3  # the other repurchase condition
+    assert bgnbd.conditional_expected(MODEL, STEADY, 30 / 7) >= 0.3
 
 
 def test_repurchase_due_and_win_back_on_one_timeline(stack_factory, tmp_path: Path) -> None:
@@ -117,26 +126,45 @@ def test_repurchase_due_and_win_back_on_one_timeline(stack_factory, tmp_path: Pa
     produce(*[e for m in members for e in m.reachable_on_wechat(U)],
             *[order(m, 0, 800.0 if m is valuable else 100.0) for m in members])
     settled_then(U + H)  # the first wait: the workers are up
-    produce(order(fading, 4, 100.0))
+    # The fading buyer's order and visit arrive before stream time reaches them: at every step from day 6
+    # on (their rhythm due) their features are the visit's, P(alive) 121/317.
+    produce(order(fading, 4, 100.0), fading.event("v7", "page_viewed", U + 7 * D + 2 * MIN))
     settled_then(U + 7 * D)
-    produce(fading.event("v7", "page_viewed", U + 7 * D + 2 * MIN),
-            order(valuable, 7, 800.0), order(small, 7, 100.0), order(regular, 8, 100.0))
+    produce(order(valuable, 7, 800.0), order(small, 7, 100.0), order(regular, 8, 100.0))
     settled_then(U + 8 * D + H)
     produce(order(valuable, 14, 800.0), order(small, 14, 100.0), order(regular, 16, 100.0))
     settled_then(U + 16 * D + H)
+    person = {m: reader.tally.person_of_event[f"{m.member_id}-consent"] for m in members}
+    assert triggers() == {}, "nothing before a next purchase comes within two days"
+
+    # The quiet members' rhythm (days 0, 7, 14: next purchase day 21, P(alive) 2/3) comes due on day 19,
+    # 00:00, two days ahead: their daily recheck then starts repurchase_due for both.
+    steady_due = U + 21 * D
+    until(U + 19 * D - 1)
+    assert triggers() == {}, "a millisecond before the quiet members' next purchase is within two days"
+    until(U + 19 * D)
+    got = stack.wait_for(reader, lambda t: len(t.triggers) >= 2) and triggers()
+    assert set(got) == {("repurchase_due", person[valuable]), ("repurchase_due", person[small])}
+    for m in (valuable, small):
+        due = got[("repurchase_due", person[m])]
+        assert due["trigger_id"] == trigger_id("repurchase_due", str(steady_due), person[m])
+        assert (due["due_at_ms"], due["fired_at_ms"], due["outcome"], due["channel"]) == (
+            U + 19 * D, U + 19 * D, "fire", "wechat_oa")
+        assert due["payload"] == {"due_ms": str(steady_due)}
+        assert float(due["evidence"]["features.p_alive"]) == pytest.approx(STEADY_P_ALIVE, rel=1e-12)
+    early = set(got)
     produce(order(regular, 24, 100.0))
     settled_then(U + 24 * D + H)
-    person = {m: reader.tally.person_of_event[f"{m.member_id}-consent"] for m in members}
-    assert triggers() == {}, "nothing before the regular buyer's next purchase comes within two days"
+    assert set(triggers()) == early, "nothing for the regular buyer before day 30"
 
     # repurchase_due: the next purchase (day 32, midnight UTC) is within two days from day 30 00:00,
     # the regular buyer's first-seen + 30 days, when their features are snapshotted again.
     due_ms = U + 32 * D
     until(U + 30 * D - 1)
-    assert triggers() == {}, "a millisecond before the next purchase is within two days"
+    assert set(triggers()) == early, "a millisecond before the next purchase is within two days"
     until(U + 30 * D)
-    got = stack.wait_for(reader, lambda t: len(t.triggers) >= 1) and triggers()
-    assert list(got) == [("repurchase_due", person[regular])]
+    got = stack.wait_for(reader, lambda t: len(t.triggers) >= 3) and triggers()
+    assert set(got) == early | {("repurchase_due", person[regular])}
     refill = got[("repurchase_due", person[regular])]
     assert refill["trigger_id"] == trigger_id("repurchase_due", str(due_ms), person[regular])
     assert (refill["member_id"], refill["correlation_key"], refill["outcome"], refill["reason"]) == (
@@ -150,32 +178,34 @@ def test_repurchase_due_and_win_back_on_one_timeline(stack_factory, tmp_path: Pa
     assert float(evidence["features.expected_purchases_30d"]) == pytest.approx(
         bgnbd.conditional_expected(MODEL, REGULAR, 30 / 7), rel=1e-12)
 
-    # win_back: the valuable member's last order (day 14, 00:02) is 60 days old on day 74, 00:02, but
-    # nothing snapshots them then; their next snapshot is the lapsed boundary, last seen + 90 days.
+    # win_back: the valuable member's last order (day 14, 00:02) is 60 days old on day 74, 00:02, with
+    # no snapshot then (the at-risk one was on day 44, the lapsed one comes on day 104): their first
+    # daily recheck after that, day 75 at 00:00 UTC, counts the days to now and starts it.
     last_order_ms = U + 14 * D + 2 * MIN
-    until(last_order_ms + 60 * D)  # through the at-risk boundary (last seen + 30 days: day 44, 00:02)
-    assert set(triggers()) == {("repurchase_due", person[regular])}, "no snapshot when 60 days are up"
-    lapsed_ms = last_order_ms + 90 * D
-    until(lapsed_ms - 1)
-    assert set(triggers()) == {("repurchase_due", person[regular])}
-    until(lapsed_ms)
-    got = stack.wait_for(reader, lambda t: len(t.triggers) >= 2) and triggers()
-    assert set(got) == {("repurchase_due", person[regular]), ("win_back", person[valuable])}
+    quiet_ms = U + 75 * D
+    # Stream time stops at day 74's midnight (59 days: nothing), as a running clock's recheck would, then
+    # just before day 75's: 60 days are up at 00:02 but nothing looks at the person before midnight.
+    until(U + 74 * D)  # through the at-risk boundary (last seen + 30 days: day 44, 00:02)
+    until(quiet_ms - 1)
+    assert set(triggers()) == early | {("repurchase_due", person[regular])}, "not before the recheck"
+    until(quiet_ms)
+    got = stack.wait_for(reader, lambda t: len(t.triggers) >= 4) and triggers()
+    assert set(got) == early | {("repurchase_due", person[regular]), ("win_back", person[valuable])}
     back = got[("win_back", person[valuable])]
     assert back["trigger_id"] == trigger_id("win_back", str(last_order_ms), person[valuable])
     assert (back["member_id"], back["correlation_key"], back["outcome"], back["reason"]) == (
         "MW1", str(last_order_ms), "fire", None)
     assert (back["channel"], back["handle"]) == ("wechat_oa", valuable.openid)
-    assert (back["due_at_ms"], back["fired_at_ms"]) == (lapsed_ms, lapsed_ms)
-    assert back["payload"] == {"days_since_last_order": "90"}
+    assert (back["due_at_ms"], back["fired_at_ms"]) == (quiet_ms, quiet_ms)
+    assert back["payload"] == {"days_since_last_order": "60"}
     assert (back["evidence"]["features.revenue_total"], back["evidence"]["features.days_since_last_order"]) == (
-        "2400.0", "90")
+        "2400.0", "60")
     assert float(back["evidence"]["features.p_alive"]) == pytest.approx(QUIET_P_ALIVE, rel=1e-12)
 
     # Past every boundary of the small spender (lapsed on day 104 too) and the fading buyer: still
     # nothing for them, and one record per trigger id.
     until(U + 120 * D)
-    assert set(triggers()) == {("repurchase_due", person[regular]), ("win_back", person[valuable])}
+    assert set(triggers()) == early | {("repurchase_due", person[regular]), ("win_back", person[valuable])}
     assert all(n == 1 for n in reader.tally.trigger_records.values())
     reader.close()
 
@@ -199,6 +229,6 @@ def test_repurchase_due_and_win_back_on_one_timeline(stack_factory, tmp_path: Pa
     for m, revenue in ((valuable, 2400.0), (small, 300.0)):
         quiet = [r for r in published(m) if r["as_of_ms"] > last_order_ms]
         assert [(r["as_of_ms"], r["days_since_last_order"]) for r in quiet] == [
-            (U + 30 * D, 15), (last_order_ms + 30 * D, 30), (lapsed_ms, 90)]  # 16 days less 2 minutes: 15
+            (U + 30 * D, 15), (last_order_ms + 30 * D, 30), (last_order_ms + 90 * D, 90)]  # 16 days less 2 minutes: 15
         assert quiet[-1]["revenue_total"] == revenue
-        assert quiet[-1]["p_alive"] == pytest.approx(QUIET_P_ALIVE, rel=1e-12)
+        assert quiet[-1]["p_alive"] == pytest.approx(LAPSED_P_ALIVE, rel=1e-12)

@@ -17,7 +17,9 @@ batch's stream time (``trigger-clocks``):
    ``engine.merge_states`` folds it in (its pending waits fire for the survivor);
 4. one clock advance for every person the batch touched and every person
    whose next wait or deferred decision is due (``streamtime.DueIndex`` over
-   ``engine.next_due``).
+   ``engine.next_due``), or, when a rule changes with time alone, whose next
+   recheck is (``engine.next_recheck``: every person with features, once per
+   UTC day of stream time).
 
 Payloads may call ``recommend(category)``: the products to recommend at the
 batch's stream time (streams/triggers/recommend.py) from the product catalog
@@ -65,8 +67,11 @@ def register(p: Pipeline) -> None:
     timer = metrics.StageTimer("triggers")
     n = p.settings.partitions
     featured_topic, triggers_topic = p.topic(FEATURED), p.topic(TRIGGERS)
-    # which persons to look at when time moves: those with a wait or a deferred decision, by when
-    index = streamtime.DueIndex(table, person.next_due)
+    # which persons to look at when time moves: those with a wait or a deferred decision, by when, and
+    # when a rule changes with time alone (win back: days since the last order), everyone with features
+    # at each recheck (engine.next_recheck: UTC midnights of stream time)
+    recheck = any(not d.events and d.changes_with_time for d in definitions.values())
+    index = streamtime.DueIndex(table, lambda entry: person.next_due(entry, recheck))
     p.on_revoked(index.forget)
 
     def recommender(now_ms: int) -> person.Recommender:

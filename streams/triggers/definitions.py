@@ -38,7 +38,7 @@ from streams.touchpoint.taxonomy import PERSONAL_IDENTIFIERS
 from streams.triggers import expr
 from streams.triggers.delivery import Terms
 from streams.triggers.expr import Expr, ExprError
-from streams.triggers.vocabulary import event_type, roots, signatures
+from streams.triggers.vocabulary import AS_OF_NOW, event_type, roots, signatures
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 SCHEMA_PATH = avro.SCHEMA_DIR / "triggers" / "trigger.schema.json"
@@ -107,6 +107,12 @@ class Definition:
     def reads_now(self) -> bool:
         """Whether an expression reads ``now`` (so a clock advance alone can change its outcome)."""
         return any(p.names[0] == "now" for e in self.expressions() for p in e.paths())
+
+    @cached_property
+    def changes_with_time(self) -> bool:
+        """Whether time alone can change its outcome: it reads ``now`` or a feature conditions read as
+        of now (``vocabulary.AS_OF_NOW``, e.g. days since the last order)."""
+        return self.reads_now or bool(self.features & AS_OF_NOW.keys())
 
     def starts(self, context: Mapping[str, Any]) -> bool:
         """True when it starts in ``context`` (root -> value: event, features, calendar, now)."""

@@ -12,8 +12,19 @@ stream time (the event-time watermark), never the wall clock. An input is
   the definitions without start events are evaluated on it;
 - ``None``, a clock advance: the waits due at or before ``now_ms`` and the
   deferred decisions whose quiet hours ended are decided, and the definitions
-  without start events whose conditions read ``now`` are evaluated again on
-  ``ctx.features``.
+  without start events that change with time alone (they read ``now`` or a
+  feature counted to now, ``Definition.changes_with_time``) are evaluated
+  again on ``ctx.features``.
+
+Conditions read the features as of ``now``: a snapshot's days since the last
+order are counted again to ``now`` (``vocabulary.as_of``), so a quiet person's
+``features.days_since_last_order >= 60`` becomes true on the 60th day without
+a new snapshot. Such rules need a clock advance to be looked at again: the
+agent steps a person with a snapshot at least at every ``RECHECK_MS``
+boundary of stream time (``next_recheck``; UTC midnights), so a rule that
+changes with time starts on the first recheck at or after the moment its
+condition holds, at the latest a day late (P(alive) and expected purchases
+stay those of the latest snapshot, which lifecycle boundaries refresh).
 
 Waits. A start event computes the key (``Definition.key_of``); a wait is
 pending per (rule, key), due at the start event's time + the wait. Another
@@ -85,6 +96,7 @@ from streams.triggers.delivery import (
     Recipient,
 )
 from streams.triggers.expr import FUNCTIONS
+from streams.triggers.vocabulary import as_of
 
 State = dict[str, Any]
 Input = Mapping[str, Any] | None  # an enriched event, a features snapshot, or None: the clock moved
@@ -146,6 +158,16 @@ def next_due(state: State) -> int | None:
     return min(times, default=None)
 
 
+RECHECK_MS = delivery.DAY_MS
+
+
+def next_recheck(state: State) -> int | None:
+    """The next stream time (a UTC midnight) at which rules that change with time are looked at again,
+    for a person the engine has stepped; None before the first step."""
+    clock = state["clock"]
+    return None if clock is None else (clock // RECHECK_MS + 1) * RECHECK_MS
+
+
 def state_bytes(state: State) -> int:
     return len(json.dumps(state).encode())
 
@@ -163,7 +185,8 @@ def step(state: State, definitions: Mapping[str, Definition], input: Input, now_
         due += _due_waits(state, now) + _due_deferred(state, now)
         features = ctx.features
         if features is not None:
-            due += _feature_starts(state, [d for d in defs if not d.events and d.reads_now], features, now, ctx)
+            due += _feature_starts(state, [d for d in defs if not d.events and d.changes_with_time], features, now,
+                                   ctx)
     elif "touchpoint" in input:
         due += _on_event(state, defs, input, now, ctx)
     else:
@@ -177,7 +200,7 @@ def step(state: State, definitions: Mapping[str, Definition], input: Input, now_
 
 def _context(ctx: Context, now: int, features: Mapping[str, Any] | None,
              event: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    found = {"features": features or {}, "calendar": ctx.calendar, "now": now, FUNCTIONS: ctx.functions}
+    found = {"features": as_of(features or {}, now), "calendar": ctx.calendar, "now": now, FUNCTIONS: ctx.functions}
     return found if event is None else found | {"event": event}
 
 

@@ -137,8 +137,15 @@ def absorb(entry: Entry, person_id: str, gone: Mapping[str, Any], policy: delive
     return True
 
 
-def next_due(entry: Mapping[str, Any]) -> int | None:
-    return engine.next_due(entry["engine"])
+def next_due(entry: Mapping[str, Any], recheck: bool = False) -> int | None:
+    """When a clock advance has something to do for the person: a wait or deferred decision due, or,
+    with ``recheck`` (some rule changes with time alone), the next recheck once they have features."""
+    due = engine.next_due(entry["engine"])
+    if recheck and entry["features"] is not None:
+        again = engine.next_recheck(entry["engine"])
+        if again is not None:
+            due = again if due is None else min(due, again)
+    return due
 
 
 def trigger_record(decision: Mapping[str, Any]) -> dict[str, Any]:

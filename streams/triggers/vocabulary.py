@@ -26,6 +26,7 @@ from typing import Any
 
 from streams.reference.view import CHINA, campaign_phase, day_of
 from streams.touchpoint.record import NS, named_schemas
+from streams.triggers.delivery import DAY_MS
 from streams.triggers.expr import (
     BOOL,
     DURATION,
@@ -64,6 +65,24 @@ FEATURES: dict[str, tuple[Type, str]] = {
     "expected_purchases_30d": (NUMBER, "expected purchases in the next 30 days (BG/NBD)"),
     "next_purchase_ms": (TIME, "when the person's own rhythm or the purchase model puts the next purchase"),
 }
+
+# Features a snapshot gives as of its own time that conditions read as of ``now`` instead: name -> the
+# time feature they count whole days from. A rule reading one changes with time alone (``as_of``).
+AS_OF_NOW: dict[str, str] = {"days_since_last_order": "last_order_ms"}
+
+
+def as_of(features: Mapping[str, Any], now_ms: int) -> Mapping[str, Any]:
+    """The snapshot with its ``AS_OF_NOW`` features counted to ``now_ms`` (as the features core counts
+    them: whole days since, never negative); the snapshot itself when it is as of ``now_ms`` already."""
+    if not features or features.get("as_of_ms") == now_ms:
+        return features
+    out = dict(features)
+    for name, since in AS_OF_NOW.items():
+        t = features.get(since)
+        if t is not None:
+            out[name] = max(0, now_ms - t) // DAY_MS
+    return out
+
 
 CALENDAR: dict[str, tuple[Type, str]] = {
     "campaign_id": (STRING, "the next campaign that has not ended (running or coming)"),
