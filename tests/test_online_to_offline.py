@@ -11,7 +11,11 @@ on one route key so they arrive in order: consent (no city yet), then what gives
   store_guide, payload store_id S-SH-2 and city Shanghai.
 - B: visits S-SH-1 (store_pos; enrichment fills context.city Shanghai from the store) before a
   web page in Shanghai: channels.store_pos is set from the first snapshot that has a city, so none.
-- C: signs up in Lhasa, which has no store: city_store is null, so none.
+- C: signs up in Lhasa, which has no store yet: city_store is null, so none. S-LS-1 opens there on
+  11-05 (local day): the triggers stage judges the city store again at every clock advance, and
+  C's daily recheck (UTC midnights) on 11-05 at 00:00 UTC, 08:00 in Lhasa's store calendar, finds
+  it open. That is within quiet hours (until 09:00, Shanghai time, C's zone by default): deferred,
+  the trigger goes out at 01:00 UTC, with store S-LS-1. The published snapshots are unchanged.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from streams.tally import TopicReader
 from streams.triggers.delivery import in_holdout
 from tests.conftest import T0, encoded, touchpoint
 from tests.test_pipeline_e2e import _wait_until_triggers_stream_time
+from tests.test_triggers_e2e import advance
 
 pytestmark = pytest.mark.e2e
 MIN, H, D = 60_000, 3_600_000, 86_400_000
@@ -39,6 +44,8 @@ STORES = [
      "opened_on": "2025-06-01", "closed_on": None},
     {"store_id": "S-HZ-1", "name": "Hangzhou West Lake", "city": "Hangzhou", "latitude": 30.25,
      "longitude": 120.16, "opened_on": "2021-03-01", "closed_on": None},
+    {"store_id": "S-LS-1", "name": "Lhasa Barkhor", "city": "Lhasa", "latitude": 29.65, "longitude": 91.13,
+     "opened_on": "2026-11-05", "closed_on": None},
 ]
 
 
@@ -56,10 +63,10 @@ def events_of(member_id: str, phone: str, t: int, then: list[tuple[str, str, dic
 def test_online_newcomers_in_a_city_with_a_store_are_handed_to_it(stack_factory, tmp_path: Path) -> None:
     stack = stack_factory(workers=0, max_event_age_s=400 * 86400.0)
     stores = write_file(tmp_path / "stores.jsonl", "stores", STORES)
-    assert loader.load(stack.settings, stores, "stores").loaded == 3  # before the workers start
+    assert loader.load(stack.settings, stores, "stores").loaded == 4  # before the workers start
     for i in range(2):
         stack.supervisor.start_worker(i)
-    assert not in_holdout(RULE, "member_id:MA1", 0.1)  # so A's trigger is sent, not held out
+    assert not any(in_holdout(RULE, f"member_id:{m}", 0.1) for m in ("MA1", "MC1"))  # sent, not held out
 
     t = T0 + 10 * H  # 10:00 on 2026-11-01 in Shanghai: outside quiet hours
     online = events_of("MA1", "13800138001", t, [("signed_up", "web", {"context": {"city": "Shanghai"}})])
@@ -76,7 +83,6 @@ def test_online_newcomers_in_a_city_with_a_store_are_handed_to_it(stack_factory,
     stack.wait_for(reader, lambda tally: len(tally.event_ids) == len(events) and tally.of_rule(RULE))
     _wait_until_triggers_stream_time(stack, end)
     reader.poll(timeout=1.0)
-    reader.close()
     tally = reader.tally
 
     assert not tally.dead_letters
@@ -101,3 +107,20 @@ def test_online_newcomers_in_a_city_with_a_store_are_handed_to_it(stack_factory,
         time.sleep(0.5)
         rows = stack.query(query)
     assert rows == want
+
+    # S-LS-1 opens on 11-05 (local day, 2026-11-04T16:00Z). Stream time passes each UTC midnight, as a
+    # running clock would: C is rechecked at each, the store is first open at 11-05 00:00 UTC (08:00
+    # local: quiet hours, deferred to 09:00 local), and the trigger goes out at 01:00 UTC.
+    utc_midnight = T0 + 8 * H  # 2026-11-01T08:00+08:00 is 11-01 00:00 UTC
+    for day in (1, 2, 3, 4):
+        advance(stack, utc_midnight + day * D)
+    reader.poll(timeout=1.0)
+    assert len(reader.tally.of_rule(RULE)) == 1, "deferred by quiet hours, nothing published yet"
+    advance(stack, utc_midnight + 4 * D + H)
+    stack.wait_for(reader, lambda tally: len(tally.of_rule(RULE)) == 2)
+    reader.close()
+    [late] = [r for r in reader.tally.of_rule(RULE) if r["person_id"] == person["MC1"]]
+    assert (late["correlation_key"], late["outcome"], late["channel"], late["payload"]) == (
+        "S-LS-1", "fire", "store_guide", {"store_id": "S-LS-1", "city": "Lhasa"})
+    assert (late["due_at_ms"], late["fired_at_ms"]) == (utc_midnight + 4 * D, utc_midnight + 4 * D + H)
+    assert all(n == 1 for n in reader.tally.trigger_records.values())

@@ -281,6 +281,33 @@ def test_online_to_offline_goes_to_the_stores_guides() -> None:
         ("online_to_offline", "store_guide", {"store_id": "S001", "city": "Shanghai"})]
 
 
+def test_a_store_opening_in_the_persons_city_reaches_them_at_the_next_clock_advance() -> None:
+    # Snapshotted on 11-01 in Lhasa, with no store there; S-LS-1 opens on 11-05 (local day, +08:00).
+    lhasa = {"person_id": "p-1", "member_id": "M1", "city_store": None, "city_store_opened_ms": None,
+             "city": "Lhasa", "channels": {"web": {"first_seen_ms": T0}}, "lifecycle": "new",
+             "first_touch": {"channel": "web", "entry": "direct"}}
+    stores = [{"store_id": "S-LS-1", "city": "Lhasa", "opened_on": "2026-11-05", "closed_on": None},
+              {"store_id": "S-SH-1", "city": "Shanghai", "opened_on": "2020-01-01", "closed_on": None}]
+    opens = T0 + 4 * DAY_MS  # 2026-11-05T00:00+08:00
+    entry = person.empty("p-1", 0)
+    person.keep_features(entry, lhasa)
+    by_phone = Recipient("p-1", "M1", (), {"phone_call": True}, {"store_guide": None})
+
+    def advance(now: int) -> list[dict[str, Any]]:
+        ctx = replace(person.context(entry, CTX.policy, {}, {}, None, stores, now), recipient=by_phone)
+        assert ctx.features is not None
+        return step(entry["engine"], DEFS, None, now, ctx)[1]
+
+    assert advance(opens - 1) == []  # the day before: no store in Lhasa
+    assert person.context(entry, CTX.policy, {}, {}, None, stores, opens).features["city_store"] == "S-LS-1"
+    [deferred] = advance(opens + 8 * HOUR)  # 08:00 local (the UTC midnight recheck): quiet hours
+    assert (deferred["outcome"], deferred["until_ms"]) == ("deferred", opens + 9 * HOUR)
+    [handed] = advance(opens + 9 * HOUR)  # decided again when quiet hours end; the condition still holds
+    assert (handed["rule"], handed["outcome"], handed["channel"], handed["payload"], handed["due_at_ms"]) == (
+        "online_to_offline", "fire", "store_guide", {"store_id": "S-LS-1", "city": "Lhasa"}, opens + 8 * HOUR)
+    assert entry["features"]["city_store"] is None  # the kept snapshot is unchanged
+
+
 def test_browse_without_buying_is_timed_by_the_campaign_calendar() -> None:
     double11 = {"campaign_id": "double11", "name": "Double 11", "starts_on": "2026-10-31", "ends_on": "2026-11-11",
                 "warmup_starts_on": "2026-10-20", "channels": []}

@@ -92,9 +92,10 @@ def register(p: Pipeline) -> None:
         campaigns = p.reference.all("calendar") if p.reference is not None else []
         cal = calendar_now(campaigns, now_ms)
         products_for = recommender(now_ms)
+        stores = p.reference.all("stores") if p.reference is not None else None  # city stores as of now
 
         def step(entry: person.Entry, input: engine.Input) -> None:
-            ctx = person.context(entry, policy, cal, wait_ms, products_for)
+            ctx = person.context(entry, policy, cal, wait_ms, products_for, stores, now_ms)
             decisions.extend(engine.step(entry["engine"], definitions, input, now_ms, ctx)[1])
         return step
 

@@ -320,7 +320,9 @@ def _decide(state: State, definitions: Mapping[str, Definition], due: list[dict[
             ctx: Context) -> list[dict[str, Any]]:
     if not due:
         return []
-    by_slot = {_slot(c["rule"], c["key"]): c for c in due}  # one candidate per (rule, key)
+    by_slot: dict[str, dict[str, Any]] = {}  # one candidate per (rule, key): the first, so a deferred
+    for c in due:  # decision keeps its due time and evidence when its condition holds again meanwhile
+        by_slot.setdefault(_slot(c["rule"], c["key"]), c)
     who = ctx.recipient or Recipient(state["person_id"])
     who = replace(who, person_id=state["person_id"], member_id=who.member_id or state["member_id"])
     candidates = [Candidate(definitions[c["rule"]].terms, c["key"]) for c in by_slot.values()]

@@ -27,10 +27,11 @@ with what the stage needs around it:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from streams import redelivery
+from streams.features.profile import city_store
 from streams.touchpoint.record import props
 from streams.triggers import delivery, engine
 from streams.triggers.engine import Context
@@ -38,7 +39,8 @@ from streams.triggers.vocabulary import FEATURES
 
 Entry = dict[str, Any]
 # What the entry keeps of a snapshot: the features conditions may read, and the recipient's facts.
-FEATURE_KEYS = frozenset(FEATURES) | {"person_id", "member_id", "consent", "reachable", "preferred_channel"}
+FEATURE_KEYS = frozenset(FEATURES) | {"person_id", "member_id", "consent", "reachable", "preferred_channel",
+                                      "home_store"}
 PUBLISHED = (delivery.FIRE, delivery.HOLDOUT, delivery.SUPPRESSED)  # final decisions go on triggers.fired
 BOUGHT_KEPT = 50
 # recommend(category, bought products) -> product ids, as the triggers agent wires it (recommend.py)
@@ -105,11 +107,18 @@ def _later(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
 
 
 def context(entry: Entry, policy: delivery.Policy, calendar: Mapping[str, Any],
-            wait_ms: Mapping[str, int], recommender: Recommender | None = None) -> Context:
+            wait_ms: Mapping[str, int], recommender: Recommender | None = None,
+            stores: Iterable[Mapping[str, Any]] | None = None, now_ms: int | None = None) -> Context:
     """The engine's context for this person: their latest features and the recipient they make, and
     the payload functions (``recommend(category)``: ``recommender`` given what they bought).
-    Without a snapshot yet the person reaches no channel (decisions are suppressed as unreachable)."""
+    With the store reference records ``stores``, the person's city store is judged again on the day
+    of ``now_ms`` (``profile.city_store``), so a store that opened in their city since their latest
+    snapshot is theirs at the next clock advance. Without a snapshot yet the person reaches no
+    channel (decisions are suppressed as unreachable)."""
     features = entry["features"]
+    if features is not None and stores is not None and now_ms is not None:
+        store, opened = city_store(stores, features.get("city"), features.get("home_store"), now_ms)
+        features = {**features, "city_store": store, "city_store_opened_ms": opened}
     zone = entry.get("zone")
     recipient = None if features is None else engine.recipient_of(features, entry["handles"],
                                                                   timezone=zone[1] if zone else None)
