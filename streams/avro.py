@@ -51,6 +51,7 @@ MEMBER_FEATURES = "com.touchline.features.MemberFeatures"
 TRIGGER = "com.touchline.triggers.Trigger"
 INGESTED_BATCH = "com.touchline.internal.IngestedBatch"
 PERSON_BATCH = "com.touchline.internal.PersonBatch"
+PERSON_OP = "com.touchline.internal.PersonOp"  # an item of PersonBatch.ops
 STORE = "com.touchline.reference.Store"
 PRODUCT = "com.touchline.reference.Product"
 CAMPAIGN = "com.touchline.reference.Campaign"
@@ -229,6 +230,28 @@ def encode(name: str, record: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     buf.write(_HEADER.pack(MAGIC, writer_id(name)))
     fastavro.schemaless_writer(buf, c.parsed, record)
+    return buf.getvalue()
+
+
+def append_items(name: str, data: bytes, item_name: str, items: list[dict[str, Any]]) -> bytes:
+    """The framed ``name`` record ``data``, whose last field is an array of ``item_name`` records,
+    with ``items`` added at the end of that array. Written by the current schema, the record is
+    not decoded: Avro ends an array with a zero-count block, so the items go in as one more block
+    before it (``encode`` of the whole record gives bytes that decode the same). A record of an
+    older writer schema is decoded and encoded again."""
+    if not items:
+        return data
+    if _HEADER.unpack_from(data)[1] != writer_id(name) or data[-1:] != b"\x00":
+        record = decode_as(name, data)
+        field = contract(name).parsed["fields"][-1]["name"]
+        return encode(name, {**record, field: [*record[field], *items]})
+    buf = io.BytesIO()
+    buf.write(data[:-1])
+    fastavro.schemaless_writer(buf, "long", len(items))
+    item = contract(item_name).parsed
+    for record in items:
+        fastavro.schemaless_writer(buf, item, record)
+    buf.write(b"\x00")
     return buf.getvalue()
 
 

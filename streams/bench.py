@@ -300,7 +300,8 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def latency(base: Settings, broker: EmbeddedBroker, traffic: Any, config: SimConfig, rate: float, seconds: float,
             run_dir: Path) -> dict[str, Any]:
-    """Event -> enriched and event -> visible in ClickHouse, producing at ``rate`` events/s."""
+    """Event -> enriched, event -> visible in ClickHouse and event -> trigger (rules without a wait),
+    producing at ``rate`` events/s."""
     from streams.deadletter.inspect import read_to_end
     from streams.run import load_reference
     from streams.simulate.traffic import Traffic
@@ -324,7 +325,8 @@ def latency(base: Settings, broker: EmbeddedBroker, traffic: Any, config: SimCon
             time.sleep(0.2)
         visible = rows(s, "SELECT raw_partition, raw_offset, toUnixTimestamp64Milli(inserted_at) "
                           "FROM touchpoints_enriched", open_directly=False)
-        raw_ts = {(m.partition(), m.offset()): m.timestamp()[1] for m in read_to_end(s, RAW.name(s))}
+        raw = list(read_to_end(s, RAW.name(s)))
+        raw_ts = {(m.partition(), m.offset()): m.timestamp()[1] for m in raw}
         to_enriched = []
         for m in read_to_end(s, ENRICHED.name(s)):
             r = avro.decode_as(avro.ENRICHED, m.value())
@@ -335,7 +337,7 @@ def latency(base: Settings, broker: EmbeddedBroker, traffic: Any, config: SimCon
         # Triggers read behind the enriched topic: wait until the processes are idle.
         _until_idle(sup.children)
         no_wait = {name for name, d in s.trigger_definitions().items() if d.wait is None}
-        to_trigger = trigger_latencies(no_wait, read_to_end(s, RAW.name(s)), read_to_end(s, TRIGGERS.name(s)))
+        to_trigger = trigger_latencies(no_wait, raw, read_to_end(s, TRIGGERS.name(s)))
     return {"rate_events_per_s": rate, "events": count, "event_to_enriched": _percentiles(to_enriched),
             "event_to_visible_in_clickhouse": _percentiles(to_visible),
             "event_to_trigger": _percentiles(to_trigger)}

@@ -41,6 +41,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -347,11 +348,13 @@ class Run:
         return EndState(sections, republished, failures)
 
 
-def _feature_free_rules() -> set[str]:
-    """The built-in trigger rules whose decisions do not depend on when features snapshots are taken."""
+@cache
+def _feature_free_rules() -> frozenset[str]:
+    """The built-in trigger rules whose decisions do not depend on when features snapshots are taken
+    (loaded once: the state of a run is read many times while it settles)."""
     from streams.triggers import definitions
 
-    return {name for name, d in definitions.load(definitions.BUILTIN_DIR).items() if not d.features}
+    return frozenset(name for name, d in definitions.load(definitions.BUILTIN_DIR).items() if not d.features)
 
 
 def diff(section: str, got: Any, want: Any) -> str | None:

@@ -127,7 +127,7 @@ class PersonEntries(HeldWrites):
         self.gone.discard(person)
         return current
 
-    def leave(self, op: dict[str, Any], kind: str, handed_over: Callable[[Any], str], **fields: Any) -> None:
+    def leave(self, op: dict[str, Any], kind: str, handed_over: Callable[[Any], str]) -> None:
         """A merge op naming a person this partition owns: hand its entry to the survivor's partition
         (an op of ``kind`` carrying ``handed_over(entry)``), then forget it."""
         person = op["person_id"]
@@ -136,7 +136,7 @@ class PersonEntries(HeldWrites):
             into = op["other_person"]
             self.moves.setdefault(partition_for(into, self.partitions), []).append(
                 {"kind": kind, "person_id": into, "event": None, "other_person": person,
-                 "absorbed_state": handed_over(leaving), **fields})
+                 "absorbed_state": handed_over(leaving)})
         self.gone.add(person)
 
     def move_batches(self, batch: dict[str, Any], suffix: str) -> list[tuple[int, dict[str, Any]]]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import KeysView, Mapping
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams import avro
+from streams.identity.links import final_person
 from streams.settings import Settings
 from streams.topics import DEAD_LETTERS, ENRICHED, IDENTITY_CHANGES, TRIGGERS
 
@@ -62,15 +63,6 @@ class Tally:
     @property
     def persons(self) -> int:
         return len({self.final_person(p) for p in self.person_of_event.values()})
-
-
-def final_person(merged_into: Mapping[str, str], person: str) -> str:
-    """The person ``person`` ends up as, following merges (from -> into) through chains."""
-    seen = set()
-    while person in merged_into and person not in seen:
-        seen.add(person)
-        person = merged_into[person]
-    return person
 
 
 TALLY_TOPICS = (ENRICHED, IDENTITY_CHANGES, TRIGGERS, DEAD_LETTERS)

@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streams.dashboards import clickhouse_panels, dashboards, expand, variables
 from streams.sink import query as ch
 
+T = TypeVar("T")
 Expected = Mapping[int, Mapping[str, tuple[list[str], list[list[Any]]]]]  # panel id -> range -> (columns, rows)
 
 
@@ -49,18 +50,26 @@ def panel_failures(settings: Any, uid: str, expected: Expected,
     return failures
 
 
+def until(read: Callable[[], T], done: Callable[[T], bool], what: str, timeout_s: float = 120.0) -> T:
+    """``read()`` again every 0.3 s until ``done`` says the pipeline got there; fails with the last
+    value read when it does not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    got = read()
+    while not done(got):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: {got}")
+        time.sleep(0.3)
+        got = read()
+    return got
+
+
 def settled(settings: Any, sql: str, done: Callable[[list[list[Any]]], bool], what: str,
             timeout_s: float = 120.0) -> list[list[Any]]:
     """The rows of ``sql`` (through the running sink) once ``done`` says the pipeline got there; fails
     with the last rows seen when it does not within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    got: list[list[Any]] = []
-    while time.monotonic() < deadline:
+    def read() -> list[list[Any]]:
         try:
-            got = ch.rows(settings, sql, open_directly=False)
+            return ch.rows(settings, sql, open_directly=False)
         except ch.QueryError:  # the sink is still starting, or the tables are not migrated yet
-            got = []
-        if done(got):
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: {got}")
+            return []
+    return until(read, done, what, timeout_s)

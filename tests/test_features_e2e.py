@@ -9,7 +9,6 @@ snapshots carry P(alive) and expected purchases of the new parameters.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from datetime import date
@@ -21,6 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams import avro
 from streams.features import bgnbd
+from streams.features.purchase_model import replace_file
 from streams.identity.links import person_id_for
 from streams.identity.profile import lookup_for
 from streams.settings import Settings
@@ -140,9 +140,7 @@ DAY_N = T0 - T0 % DAY + DAY  # midnight UTC: purchase days are UTC days
 
 def _write_params(path: Path, params: bgnbd.Params) -> None:
     """As `touchline fit-purchase-model` writes it: a temporary file renamed over the old one."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(bgnbd.FittedModel(params, date(2026, 10, 31), 4, 0.0, 0.0).to_json())
-    os.replace(partial, path)
+    replace_file(path, bgnbd.FittedModel(params, date(2026, 10, 31), 4, 0.0, 0.0).to_json())
 
 
 def test_a_refit_is_picked_up_by_running_workers(stack_factory, tmp_path: Path) -> None:

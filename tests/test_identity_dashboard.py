@@ -25,7 +25,6 @@ p(kiosk) = {kiosk}: 6 persons, 8 identifiers, 5 with a member id, the largest ho
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -36,7 +35,7 @@ from streams.identity import profile
 from streams.identity.links import person_id_for
 from streams.sink import query as ch
 from tests.conftest import T0, encoded, touchpoint
-from tests.panels import panel_failures
+from tests.panels import panel_failures, until
 
 pytestmark = pytest.mark.e2e
 
@@ -120,19 +119,13 @@ EXPECTED: dict[int, dict[str, tuple[list[str], list[list[Any]]]]] = {
 
 
 def _settle(settings: Any, done: Callable[[list[list[Any]], dict[str, str]], bool], what: str) -> None:
-    deadline = time.monotonic() + 90
-    changes: list[list[Any]] = []
-    assigned: dict[str, str] = {}
-    while time.monotonic() < deadline:
+    """Until ``done(graph changes, assignments)``, read through the running sink."""
+    def read() -> tuple[list[list[Any]], dict[str, str]]:
         try:
-            changes = ch.rows(settings, GRAPH, open_directly=False)
-            assigned = dict(ch.rows(settings, ASSIGNED, open_directly=False))
+            return ch.rows(settings, GRAPH, open_directly=False), dict(ch.rows(settings, ASSIGNED, open_directly=False))
         except ch.SinkNotRunning:  # still starting
-            changes, assigned = [], {}
-        if done(changes, assigned):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what} never settled: changes {changes}, assignments {assigned}")
+            return [], {}
+    until(read, lambda got: done(*got), f"{what} never settled: (changes, assignments)", timeout_s=90)
 
 
 def test_identity_panels_and_lookup_show_merges_conflicts_and_splits(stack_factory) -> None:

@@ -20,7 +20,6 @@ on one route key so they arrive in order: consent (no city yet), then what gives
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,11 @@ from streams.reference.rows import write_file
 from streams.tally import TopicReader
 from streams.triggers.delivery import in_holdout
 from tests.conftest import T0, encoded, touchpoint
+from tests.panels import settled
 from tests.test_pipeline_e2e import _wait_until_triggers_stream_time
-from tests.test_triggers_e2e import advance
+from tests.test_triggers_e2e import MIN, D, H, advance
 
 pytestmark = pytest.mark.e2e
-MIN, H, D = 60_000, 3_600_000, 86_400_000
 RULE = "online_to_offline"
 STORES = [
     {"store_id": "S-SH-1", "name": "Shanghai Jing'an", "city": "Shanghai", "latitude": 31.22, "longitude": 121.45,
@@ -101,12 +100,7 @@ def test_online_newcomers_in_a_city_with_a_store_are_handed_to_it(stack_factory,
     want = sorted([[person["MA1"], "Shanghai", "S-SH-2", "2025-05-31 16:00:00.000", None],  # local midnight
                    [person["MB1"], "Shanghai", "S-SH-1", "2019-12-31 16:00:00.000", "S-SH-1"],  # home store
                    [person["MC1"], "Lhasa", None, None, None]])
-    deadline = time.monotonic() + 60
-    rows = stack.query(query)
-    while rows != want and time.monotonic() < deadline:
-        time.sleep(0.5)
-        rows = stack.query(query)
-    assert rows == want
+    settled(stack.settings, query, lambda rows: rows == want, "member snapshots", timeout_s=60)
 
     # S-LS-1 opens on 11-05 (local day, 2026-11-04T16:00Z). Stream time passes each UTC midnight, as a
     # running clock would: C is rechecked at each, the store is first open at 11-05 00:00 UTC (08:00

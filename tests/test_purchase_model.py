@@ -5,7 +5,6 @@ by the next look, an unusable file never replacing good parameters, and the sett
 from __future__ import annotations
 
 import logging
-import os
 from datetime import date
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from streams.clock import ManualClock
 from streams.features.bgnbd import FittedModel, Params, ParamsError
-from streams.features.purchase_model import PurchaseModel
+from streams.features.purchase_model import PurchaseModel, replace_file
 from streams.settings import Settings, SettingsError
 
 FIRST, REFIT = Params(0.25, 4.0, 0.8, 2.4), Params(0.5, 2.0, 1.5, 3.0)
@@ -23,9 +22,7 @@ MINUTE = 60_000
 def write(path: Path, params: Params | None, text: str | None = None) -> None:
     """Replace ``path`` whole, as `touchline fit-purchase-model` does."""
     body = text if params is None else FittedModel(params, date(2026, 10, 31), 100, -123.4, 0.5).to_json()
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(body or "")
-    os.replace(partial, path)
+    replace_file(path, body or "")
 
 
 def test_a_refit_is_picked_up_at_the_next_check_on_the_clock(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

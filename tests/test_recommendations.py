@@ -187,9 +187,9 @@ def test_a_call_parses_type_checks_and_prints_back() -> None:
     assert [str(p) for p in e.paths()] == ["features.interest_category"]
     assert expr.parse(str(e.node)) == e.node
     got = e({"features": {"interest_category": "women/fashion"},
-             expr.FUNCTIONS: {"recommend": lambda c: [c.upper(), "P1"]}})
+             expr.CALLS: {"recommend": lambda c: [c.upper(), "P1"]}})
     assert got == ["WOMEN/FASHION", "P1"]
-    assert e({"features": {}, expr.FUNCTIONS: {"recommend": lambda c: ["P1"]}}) is None  # null argument
+    assert e({"features": {}, expr.CALLS: {"recommend": lambda c: ["P1"]}}) is None  # null argument
     assert e({"features": {"interest_category": "x"}}) is None  # no implementation at hand
 
 
@@ -227,7 +227,7 @@ def test_definitions_allow_calls_in_payloads_only(tmp_path: Path) -> None:
     good = tmp_path / "good"
     good.mkdir()
     ok = load(_definition(good, "features.interest_shift", "recommend(features.interest_category)"))
-    ctx = {"features": {"interest_category": "c"}, expr.FUNCTIONS: {"recommend": lambda c: ["P1", "P2"]}}
+    ctx = {"features": {"interest_category": "c"}, expr.CALLS: {"recommend": lambda c: ["P1", "P2"]}}
     assert ok["shift_recs"].payload_of(ctx) == {"products": '["P1", "P2"]'}
     bad = tmp_path / "bad"
     bad.mkdir()

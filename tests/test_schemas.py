@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,29 @@ def test_schema_registry_ids_through_confluents_client() -> None:
     finally:
         avro.use_registry("")
     assert avro.encode(avro.TOUCHPOINT, tp) == fixed  # back to fixed ids
+
+
+def _merge_op(person: str, into: str) -> dict[str, Any]:
+    return {"kind": "merge", "person_id": person, "event": None, "other_person": into, "absorbed_state": None,
+            "features": None}
+
+
+def test_items_appended_to_a_framed_batch_read_as_the_batch_encoded_with_them() -> None:
+    """avro.append_items (the features stage adds its snapshots' ops to the batch it read): the bytes
+    read back as encoding the whole batch with the ops added; nothing to add keeps the bytes."""
+    batch = {"batch_id": "b/0", "source_partition": 1, "watermark_ms": 5, "source_offset": 7,
+             "ops": [_merge_op("p-a", "p-b"), _merge_op("p-c", "p-b")]}
+    extra = [{**_merge_op("p-b", "p-d"), "kind": "features", "features": '{"x": 1}'}]
+    raw = avro.encode(avro.PERSON_BATCH, batch)
+    whole = avro.decode_as(avro.PERSON_BATCH, avro.encode(avro.PERSON_BATCH, {**batch, "ops": batch["ops"] + extra}))
+    assert avro.decode_as(avro.PERSON_BATCH, avro.append_items(avro.PERSON_BATCH, raw, avro.PERSON_OP, extra)) == whole
+    assert avro.append_items(avro.PERSON_BATCH, raw, avro.PERSON_OP, []) is raw
+    # Written by an older version of the schema: decoded and encoded again, the same result.
+    [(_, first)] = avro.versions(avro.PERSON_BATCH)[:1]
+    parsed = parse_schema(first, named_schemas={})
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", avro.MAGIC, avro.fixed_id(parsed)))
+    fastavro.schemaless_writer(buf, parsed, batch)
+    old = buf.getvalue()
+    assert avro.decode_as(avro.PERSON_BATCH, avro.append_items(avro.PERSON_BATCH, old, avro.PERSON_OP, extra)) == {
+        **avro.decode_as(avro.PERSON_BATCH, old), "ops": avro.decode_as(avro.PERSON_BATCH, old)["ops"] + extra}

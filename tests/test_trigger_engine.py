@@ -294,12 +294,12 @@ def test_a_store_opening_in_the_persons_city_reaches_them_at_the_next_clock_adva
     by_phone = Recipient("p-1", "M1", (), {"phone_call": True}, {"store_guide": None})
 
     def advance(now: int) -> list[dict[str, Any]]:
-        ctx = replace(person.context(entry, CTX.policy, {}, {}, None, stores, now), recipient=by_phone)
+        ctx = replace(person.context(entry, CTX.policy, {}, {}, None, person.city_stores(stores, now)), recipient=by_phone)
         assert ctx.features is not None
         return step(entry["engine"], DEFS, None, now, ctx)[1]
 
     assert advance(opens - 1) == []  # the day before: no store in Lhasa
-    assert person.context(entry, CTX.policy, {}, {}, None, stores, opens).features["city_store"] == "S-LS-1"
+    assert person.context(entry, CTX.policy, {}, {}, None, person.city_stores(stores, opens)).features["city_store"] == "S-LS-1"
     [deferred] = advance(opens + 8 * HOUR)  # 08:00 local (the UTC midnight recheck): quiet hours
     assert (deferred["outcome"], deferred["until_ms"]) == ("deferred", opens + 9 * HOUR)
     [handed] = advance(opens + 9 * HOUR)  # decided again when quiet hours end; the condition still holds

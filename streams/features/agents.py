@@ -84,19 +84,23 @@ def register(p: Pipeline) -> None:
                 index.drop(part, person)
             entries.flush(removed=gone)
             metrics.FEATURE_UPDATES.inc(len(snapshots))
-            featured_topic.send_soon(value=_featured(batch, snapshots), partition=part)
+            featured_topic.send_soon(value=_featured(event.value, batch, snapshots), partition=part)
             metrics.observe_many(processing, metrics.event_delays(batch["ops"], int(time.time() * 1000)))
             timer.stop()
 
 
-def _featured(batch: dict[str, Any], snapshots: list[dict[str, Any]]) -> bytes:
+def _featured(raw: bytes, batch: dict[str, Any], snapshots: list[dict[str, Any]]) -> bytes:
     """The batch for the stages after features (internal.featured): its ops, absorbs without the
     feature state they carried (no later stage reads it), then one ``features`` op per snapshot
-    published after it, so the triggers stage reads each person's features as of this batch."""
+    published after it, so the triggers stage reads each person's features as of this batch.
+    ``raw`` is the batch as read: without absorbs its bytes are kept and the snapshots' ops
+    appended (``avro.append_items``), not the whole batch encoded again."""
+    features = [{"kind": "features", "person_id": rec["person_id"], "event": None, "other_person": None,
+                 "absorbed_state": None, "features": json.dumps(rec)} for rec in snapshots]
+    if not any(op["kind"] == "absorb" for op in batch["ops"]):
+        return avro.append_items(avro.PERSON_BATCH, raw, avro.PERSON_OP, features)
     ops = [{**op, "absorbed_state": None} if op["kind"] == "absorb" else op for op in batch["ops"]]
-    ops += [{"kind": "features", "person_id": rec["person_id"], "event": None, "other_person": None,
-             "absorbed_state": None, "features": json.dumps(rec)} for rec in snapshots]
-    return avro.encode(avro.PERSON_BATCH, {**batch, "ops": ops})
+    return avro.encode(avro.PERSON_BATCH, {**batch, "ops": [*ops, *features]})
 
 
 def _apply(batch: dict[str, Any], entries: PersonEntries, cfg: FeatureSettings) -> None:

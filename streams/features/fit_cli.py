@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from collections import defaultdict
@@ -30,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from streams.features.bgnbd import FittedModel, fit, inputs_from_days
+from streams.features.purchase_model import replace_file
+from streams.identity.links import final_person
 from streams.settings import Settings, SettingsError
 from streams.sink.query import QueryError, quote, rows
-from streams.tally import final_person
 
 Orders = dict[str, set[int]]  # customer -> distinct purchase days (date.toordinal())
 
@@ -150,11 +150,8 @@ def cmd_fit_purchase_model(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     model = FittedModel(result.params, end, result.customers, result.log_likelihood, seconds)
-    output = Path(args.output)
-    partial = output.with_name(output.name + ".partial")
-    try:  # replaced whole: running workers that reload the file never read half of it
-        partial.write_text(model.to_json())
-        os.replace(partial, output)
+    try:
+        replace_file(Path(args.output), model.to_json())
     except OSError as exc:
         print(f"touchline fit-purchase-model: {exc}", file=sys.stderr)
         return 2

@@ -60,7 +60,7 @@ from typing import Any
 
 from streams.features import bgnbd, interest, segments, windows
 from streams.features.config import DEFAULTS, FeatureSettings
-from streams.reference.view import CHINA, day_of
+from streams.reference.view import CHINA, day_of, stores_in
 from streams.touchpoint.record import props
 from streams.touchpoint.taxonomy import PAGE_TYPES, is_junk
 
@@ -317,9 +317,7 @@ def city_store(stores: Iterable[Mapping[str, Any]], city: str | None, home_store
     without a city or such a store. Cities match case-insensitively, as ``ReferenceData.stores_in``."""
     if not city:
         return None, None
-    want, today = city.strip().casefold(), day_of(now_ms)
-    open_here = [s for s in stores if s["city"].strip().casefold() == want and s["opened_on"] <= today
-                 and (s.get("closed_on") is None or today < s["closed_on"])]
+    open_here = stores_in(stores, city, day_of(now_ms))
     if not open_here:
         return None, None
     home = [s for s in open_here if s["store_id"] == home_store]

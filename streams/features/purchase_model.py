@@ -19,12 +19,21 @@ the same inode, is still seen.)
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from streams.clock import Clock
 from streams.features.bgnbd import FittedModel, Params, ParamsError
 
 log = logging.getLogger(__name__)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole: beside it first, then renamed over it, so a worker that
+    reloads the file never reads half of it (how `touchline fit-purchase-model` writes its output)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def _content(path: Path) -> bytes | None:

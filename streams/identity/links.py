@@ -20,11 +20,20 @@ person), so every worker and every replay derives the same id.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from streams.touchpoint.taxonomy import IDENTIFY_TYPES, is_junk
+
+
+def final_person(merged_into: Mapping[str, str], person: str) -> str:
+    """The person ``person`` ends up as, following merges (from -> into) through chains."""
+    seen = set()
+    while person in merged_into and person not in seen:
+        seen.add(person)
+        person = merged_into[person]
+    return person
 
 
 def person_id_for(identifier: str) -> str:

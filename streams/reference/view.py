@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from streams import avro
 from streams.reference.rows import CAMPAIGNS, KINDS, PRODUCTS, SPEND, STORES, Kind, spend_key
@@ -35,6 +35,18 @@ def day_of(t_ms: int, tz: dt.tzinfo = CHINA) -> str:
 
 def _day(day: str | dt.date) -> str:
     return day.isoformat() if isinstance(day, dt.date) else dt.date.fromisoformat(day).isoformat()
+
+
+R = TypeVar("R", bound=Mapping[str, Any])
+
+
+def stores_in(stores: Iterable[R], city: str, open_on: str | dt.date | None = None) -> list[R]:
+    """The store records of a city (case-insensitive, spaces around it ignored), in the order given;
+    with ``open_on``, only those open that day (opened on or before it, not closed by it)."""
+    want = city.strip().casefold()
+    d = None if open_on is None else _day(open_on)
+    return [s for s in stores if s["city"].strip().casefold() == want and (
+        d is None or (s["opened_on"] <= d and (s.get("closed_on") is None or d < s["closed_on"])))]
 
 
 def campaign_phase(campaign: Record, day: str | dt.date) -> str | None:
@@ -101,10 +113,7 @@ class ReferenceData:
 
     def stores_in(self, city: str, open_on: str | dt.date | None = None) -> list[Record]:
         """Stores of a city (case-insensitive), by store id; with ``open_on``, only those open that day."""
-        want = city.strip().casefold()
-        d = None if open_on is None else _day(open_on)
-        return [s for s in self.all(STORES) if s["city"].casefold() == want and (
-            d is None or (s["opened_on"] <= d and (s["closed_on"] is None or d < s["closed_on"])))]
+        return stores_in(self.all(STORES), city, open_on)
 
     def campaigns_on(self, day: str | dt.date, warmup: bool = True) -> list[Record]:
         """Campaigns running on a day (sale days; warm-up days too unless ``warmup=False``), by start."""

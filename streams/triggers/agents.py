@@ -43,11 +43,9 @@ from typing import Any
 from streams import avro, metrics, redelivery, streamtime
 from streams.pipeline import PersonEntries, Pipeline, deliver
 from streams.topics import FEATURED, TRIGGERS
-from streams.triggers import delivery, engine, person
+from streams.triggers import cart_abandon, delivery, engine, person
 from streams.triggers.recommend import recommend
 from streams.triggers.vocabulary import calendar_now
-
-CART_ABANDON = "cart_abandon"
 
 
 def register(p: Pipeline) -> None:
@@ -55,7 +53,7 @@ def register(p: Pipeline) -> None:
     table = p.table("trigger-pending", persons="triggers")  # keyed by person id: person.Entry
     clocks = p.table("trigger-clocks", partition_of=int)
     policy = delivery.Policy()
-    wait_ms = {CART_ABANDON: int(p.settings.cart_abandon_delay_s * 1000)}  # read only for a defined rule
+    wait_ms = {cart_abandon.RULE: int(p.settings.cart_abandon_delay_s * 1000)}  # read only for a defined rule
     processing = metrics.EVENT_PROCESSING_SECONDS.labels("triggers")
     # Series exist from the start (at 0), so the first trigger shows in rate() and increase(): the
     # counters of every rule, the latency of the rules with a wait (decided when stream time reaches
@@ -92,10 +90,10 @@ def register(p: Pipeline) -> None:
         campaigns = p.reference.all("calendar") if p.reference is not None else []
         cal = calendar_now(campaigns, now_ms)
         products_for = recommender(now_ms)
-        stores = p.reference.all("stores") if p.reference is not None else None  # city stores as of now
+        store_of = person.city_stores(p.reference.all("stores"), now_ms) if p.reference is not None else None
 
         def step(entry: person.Entry, input: engine.Input) -> None:
-            ctx = person.context(entry, policy, cal, wait_ms, products_for, stores, now_ms)
+            ctx = person.context(entry, policy, cal, wait_ms, products_for, store_of)
             decisions.extend(engine.step(entry["engine"], definitions, input, now_ms, ctx)[1])
         return step
 
@@ -163,7 +161,7 @@ def _apply(
                 person.note_bought(entry, op["event"])
                 step(entry, op["event"])
         elif op["kind"] == "merge":
-            entries.leave(op, "trigger_state", person.handed_over, features=None)
+            entries.leave(op, "trigger_state", person.handed_over)
         elif op["kind"] == "trigger_state" and op.get("absorbed_state"):
             person.absorb(entries.entry_of(who), op["other_person"], json.loads(op["absorbed_state"]), policy)
     return snapshots

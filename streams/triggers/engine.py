@@ -95,7 +95,7 @@ from streams.triggers.delivery import (
     Policy,
     Recipient,
 )
-from streams.triggers.expr import FUNCTIONS
+from streams.triggers.expr import CALLS
 from streams.triggers.vocabulary import as_of
 
 State = dict[str, Any]
@@ -182,11 +182,11 @@ def step(state: State, definitions: Mapping[str, Definition], input: Input, now_
     defs = [definitions[name] for name in sorted(definitions)]
     due: list[dict[str, Any]] = []
     if input is None:
-        due += _due_waits(state, now) + _due_deferred(state, now)
         features = ctx.features
-        if features is not None:
+        if features is not None:  # before the due ones leave the state: a deferred key does not start again
             due += _feature_starts(state, [d for d in defs if not d.events and d.changes_with_time], features, now,
                                    ctx)
+        due += _due_waits(state, now) + _due_deferred(state, now)
     elif "touchpoint" in input:
         due += _on_event(state, defs, input, now, ctx)
     else:
@@ -200,7 +200,7 @@ def step(state: State, definitions: Mapping[str, Definition], input: Input, now_
 
 def _context(ctx: Context, now: int, features: Mapping[str, Any] | None,
              event: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    found = {"features": as_of(features or {}, now), "calendar": ctx.calendar, "now": now, FUNCTIONS: ctx.functions}
+    found = {"features": as_of(features or {}, now), "calendar": ctx.calendar, "now": now, CALLS: ctx.functions}
     return found if event is None else found | {"event": event}
 
 
@@ -320,9 +320,7 @@ def _decide(state: State, definitions: Mapping[str, Definition], due: list[dict[
             ctx: Context) -> list[dict[str, Any]]:
     if not due:
         return []
-    by_slot: dict[str, dict[str, Any]] = {}  # one candidate per (rule, key): the first, so a deferred
-    for c in due:  # decision keeps its due time and evidence when its condition holds again meanwhile
-        by_slot.setdefault(_slot(c["rule"], c["key"]), c)
+    by_slot = {_slot(c["rule"], c["key"]): c for c in due}  # one candidate per (rule, key)
     who = ctx.recipient or Recipient(state["person_id"])
     who = replace(who, person_id=state["person_id"], member_id=who.member_id or state["member_id"])
     candidates = [Candidate(definitions[c["rule"]].terms, c["key"]) for c in by_slot.values()]

@@ -28,7 +28,7 @@ the trigger definitions allow them in payloads only (``FUNCTIONS`` there:
 ``recommend(category)``, a list of product ids). Arguments are checked
 against the parameters (``null`` fits any); an unknown function, or a call
 where the caller allows none, is an ``ExprError`` at the name. Evaluation
-looks the function up by name in the context's ``FUNCTIONS`` entry (a mapping
+looks the function up by name in the context's ``CALLS`` entry (a mapping
 name -> Python callable the caller supplies); a function missing there, or an
 argument that is null, makes the call null.
 
@@ -57,7 +57,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 # ---------------------------------------------------------------------------- types
 
@@ -180,7 +180,7 @@ class Signature:
     result: Type
 
 
-FUNCTIONS = "()"  # the context entry holding name -> callable (no root can be named so)
+CALLS = "()"  # the context entry holding name -> callable (no root can be named so)
 
 
 @dataclass(frozen=True)
@@ -225,6 +225,7 @@ class In:
 
 
 Node = Literal | Path | ListLit | Call | Not | BoolOp | Binary | In
+N = TypeVar("N", bound=Node)
 
 
 def _sub(node: Node) -> str:
@@ -346,13 +347,7 @@ class _Parser:
         if tok.kind == "name":
             self.i += 1
             if "." not in tok.text and self.take("("):
-                args: list[Node] = []
-                if not self.take(")"):
-                    args.append(self.expr())
-                    while self.take(","):
-                        args.append(self.expr())
-                    self.expect(")")
-                return Call(tok.text, tuple(args), tok.pos)
+                return Call(tok.text, self.items(self.expr, ")"), tok.pos)
             return Path(tuple(tok.text.split(".")), tok.pos)
         if tok.text == "[":
             raise ExprError("a list goes after 'in'", tok.pos)
@@ -361,13 +356,17 @@ class _Parser:
     def list(self) -> ListLit:
         start = self.tok.pos
         self.expect("[")
-        items: list[Literal] = []
-        if not self.take("]"):
-            items.append(self.literal())
-            while self.take(","):
-                items.append(self.literal())
-            self.expect("]")
-        return ListLit(tuple(items), start)
+        return ListLit(self.items(self.literal, "]"), start)
+
+    def items(self, item: Callable[[], N], close: str) -> tuple[N, ...]:
+        """``item ("," item)*`` up to ``close`` (taken), or none; after the opening bracket."""
+        if self.take(close):
+            return ()
+        found = [item()]
+        while self.take(","):
+            found.append(item())
+        self.expect(close)
+        return tuple(found)
 
     def literal(self) -> Literal:
         tok = self.tok
@@ -516,7 +515,7 @@ def evaluate(node: Node, context: Mapping[str, Any]) -> Any:
     if isinstance(node, ListLit):
         return [i.value for i in node.items]
     if isinstance(node, Call):
-        fn = (context.get(FUNCTIONS) or {}).get(node.name)
+        fn = (context.get(CALLS) or {}).get(node.name)
         args = [evaluate(a, context) for a in node.args]
         return None if fn is None or None in args else fn(*args)
     if isinstance(node, Not):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping
+from functools import cache
 from typing import Any
 
 from streams import redelivery
@@ -106,18 +107,28 @@ def _later(a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
     return max((z for z in (a, b) if z), default=None)
 
 
+StoreOf = Callable[[str | None, str | None], tuple[str | None, int | None]]  # (city, home store) -> store, opened
+
+
+def city_stores(stores: Iterable[Mapping[str, Any]], now_ms: int) -> StoreOf:
+    """``profile.city_store`` over the store reference records ``stores`` on the day of ``now_ms``,
+    remembered per (city, home store): one batch's steps ask it for many persons of a few cities."""
+    listed = list(stores)
+    return cache(lambda city, home: city_store(listed, city, home, now_ms))
+
+
 def context(entry: Entry, policy: delivery.Policy, calendar: Mapping[str, Any],
             wait_ms: Mapping[str, int], recommender: Recommender | None = None,
-            stores: Iterable[Mapping[str, Any]] | None = None, now_ms: int | None = None) -> Context:
+            store_of: StoreOf | None = None) -> Context:
     """The engine's context for this person: their latest features and the recipient they make, and
     the payload functions (``recommend(category)``: ``recommender`` given what they bought).
-    With the store reference records ``stores``, the person's city store is judged again on the day
-    of ``now_ms`` (``profile.city_store``), so a store that opened in their city since their latest
+    With ``store_of`` (the city store of a city and a home store now: ``city_stores``), the person's
+    city store is judged again at the step's time, so a store that opened in their city since their latest
     snapshot is theirs at the next clock advance. Without a snapshot yet the person reaches no
     channel (decisions are suppressed as unreachable)."""
     features = entry["features"]
-    if features is not None and stores is not None and now_ms is not None:
-        store, opened = city_store(stores, features.get("city"), features.get("home_store"), now_ms)
+    if features is not None and store_of is not None:
+        store, opened = store_of(features.get("city"), features.get("home_store"))
         features = {**features, "city_store": store, "city_store_opened_ms": opened}
     zone = entry.get("zone")
     recipient = None if features is None else engine.recipient_of(features, entry["handles"],

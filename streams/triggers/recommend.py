@@ -32,8 +32,6 @@ from typing import Any
 
 from streams.triggers.sales import first_day
 
-DEFAULT_COUNT = 6
-
 
 def in_category(path: str | None, category: str) -> bool:
     return bool(path) and (path == category or str(path).startswith(category.rstrip("/") + "/"))
@@ -74,7 +72,7 @@ def bought_together(now_ms: int, sales: Iterable[Mapping[str, Any]], bought: Col
 
 def recommend(category: str, now_ms: int, catalog_products: Iterable[Mapping[str, Any]],
               sales: Iterable[Mapping[str, Any]], bought: Collection[str], n_days: int,
-              count: int = DEFAULT_COUNT) -> list[str]:
+              count: int) -> list[str]:
     """Up to ``count`` product ids to recommend in ``category`` to a person who bought ``bought``
     (module docstring). ``sales``: ProductSales summaries (product_id, category, days, co)."""
     catalog = list(catalog_products)

@@ -33,11 +33,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from streams import redelivery
+from streams.reference.view import day_of
 from streams.touchpoint.record import props
+from streams.triggers.delivery import DAY_MS
 
 Entry = dict[str, Any]
-DAY_MS = 86_400_000
-DEFAULT_DAYS = 30
 TOP_CO = 20
 
 
@@ -46,7 +46,7 @@ def empty() -> Entry:
 
 
 def utc_day(t_ms: int) -> str:
-    return dt.datetime.fromtimestamp(t_ms / 1000, dt.UTC).date().isoformat()
+    return day_of(t_ms, dt.UTC)
 
 
 def first_day(latest_ms: int, n_days: int) -> str:
@@ -62,7 +62,7 @@ def order_lines(enriched: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return [line for line in props(tp).get("products") or () if line.get("product_id")]
 
 
-def apply_batch(entry: Entry, batch: Mapping[str, Any], n_days: int = DEFAULT_DAYS,
+def apply_batch(entry: Entry, batch: Mapping[str, Any], n_days: int,
                 category_of: Callable[[str], str | None] = lambda _: None, top_co: int = TOP_CO) -> set[str]:
     """Add the batch's live orders to the partition's entry (in place); the products whose summary changed."""
     if batch["source_partition"] < 0 or not redelivery.claim(entry, batch):

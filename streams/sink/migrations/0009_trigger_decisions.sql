@@ -11,7 +11,7 @@ ALTER TABLE triggers ADD COLUMN IF NOT EXISTS event_ids Array(String);
 
 -- Trigger outcomes (0005) over sent and held-out triggers only: a suppressed trigger reached no
 -- one, so no order is attributed to it. The outcome column tells sent from held out, so conversion
--- uplift is one query (README, "Measuring triggers"):
+-- uplift is one query (README, "Trigger definitions"):
 --   conversion per rule and outcome = attributed distinct trigger ids / trigger ids of that outcome.
 CREATE OR REPLACE VIEW trigger_outcomes AS
 SELECT argMax(t.trigger_id, t.fired_at) AS trigger_id, argMax(t.rule, t.fired_at) AS rule,
