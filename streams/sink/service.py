@@ -13,6 +13,13 @@ materialized views, the writer looks up which keys of the batch are stored
 already and inserts only the others, so the KPI views count each record once.
 The look-up and the insert run together inside the retry loop, so an insert
 that reached ClickHouse but whose answer was lost is not repeated.
+
+Erasures (``privacy.erasures`` records of kind erase; streams/sink/erasure.py):
+the writer writes the batch holding the record without the erased persons'
+rows, deletes every stored row of theirs, then writes the audit row, before the
+batch's offsets are committed; every later row of theirs is dropped before it
+is inserted. The erased persons are read back from the audit table before the
+first batch is written, so a restarted sink keeps dropping them.
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ from streams import avro, metrics
 from streams.clock import Clock, SystemClock
 from streams.kafka import clients
 from streams.settings import Settings
+from streams.sink import erasure
+from streams.sink.erasure import AUDIT_COLUMNS, AUDIT_TABLE, PERSON_TABLES, Erased, Erasure
 from streams.sink.rows import TABLES, Table
+from streams.topics import PRIVACY_ERASURES
 
 log = logging.getLogger(__name__)
 LOOKUP_CHUNK = 1000  # keys per look-up query: 1000 uuids stay far below ClickHouse's 256 KiB max_query_size
@@ -45,6 +55,14 @@ class Writer(Protocol):
     def insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None: ...
 
     def stored_keys(self, table: Table, keys: list[str], time_range: tuple[Any, Any] | None) -> set[Any]: ...
+
+    def count(self, table: str, where: str) -> int: ...
+
+    def delete(self, table: str, where: str) -> None: ...
+
+    def erasures(self) -> list[tuple[str, list[str], list[str]]]: ...
+
+    def column(self, sql: str) -> list[Any]: ...
 
 
 class ClickHouseWriter:
@@ -95,6 +113,25 @@ class ClickHouseWriter:
             found.update(r[0] for r in self._run(look_up({**params, "keys": keys[i:i + LOOKUP_CHUNK]})))
         return found
 
+    def count(self, table: str, where: str) -> int:
+        """Rows of ``table`` matching ``where`` (every stored version)."""
+        sql = erasure.count_statement(table, where)
+        return int(self._run(lambda c: c.query(sql).result_rows[0][0]))
+
+    def delete(self, table: str, where: str) -> None:
+        """Delete ``table``'s rows matching ``where``; returns once no replica holds them."""
+        sql = erasure.delete_statement(table, where, self.cluster)
+        self._run(lambda c: c.command(sql))
+
+    def erasures(self) -> list[tuple[str, list[str], list[str]]]:
+        """(request id, persons, identifier hashes) of every audited erasure."""
+        sql = f"SELECT request_id, persons, identifier_hashes FROM {AUDIT_TABLE}"
+        return [(r[0], list(r[1]), list(r[2])) for r in self._run(lambda c: c.query(sql).result_rows)]
+
+    def column(self, sql: str) -> list[Any]:
+        """The first column of a query's rows."""
+        return [r[0] for r in self._run(lambda c: c.query(sql).result_rows)]
+
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """A read-only query (ClickHouse refuses writes under readonly=1)."""
         from streams.sink.clickhouse import readonly_query
@@ -103,21 +140,37 @@ class ClickHouseWriter:
 
 
 class FailingWriter:
-    """The fault seam: the first ``failures`` inserts raise as if ClickHouse were
-    down, then everything goes through to the real writer."""
+    """The fault seam: the first ``failures`` inserts and deletes raise as if ClickHouse
+    were down, then everything goes through to the real writer."""
 
     def __init__(self, inner: Writer, failures: int) -> None:
         self.inner = inner
         self.remaining = failures
 
-    def insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
+    def _fail(self) -> None:
         if self.remaining > 0:
             self.remaining -= 1
             raise ConnectionError(f"injected ClickHouse outage ({self.remaining} more failures to come)")
+
+    def insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self._fail()
         self.inner.insert(table, columns, rows)
 
     def stored_keys(self, table: Table, keys: list[str], time_range: tuple[Any, Any] | None) -> set[Any]:
         return self.inner.stored_keys(table, keys, time_range)
+
+    def count(self, table: str, where: str) -> int:
+        return self.inner.count(table, where)
+
+    def delete(self, table: str, where: str) -> None:
+        self._fail()
+        self.inner.delete(table, where)
+
+    def erasures(self) -> list[tuple[str, list[str], list[str]]]:
+        return self.inner.erasures()
+
+    def column(self, sql: str) -> list[Any]:
+        return self.inner.column(sql)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -135,6 +188,7 @@ class Batch:
     rows: dict[Table, list[list[Any]]] = field(default_factory=lambda: defaultdict(list))
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     size: int = 0
+    erasures: list[Erasure] = field(default_factory=list)  # in Kafka order, handled after the rows
 
 
 def new_rows(table: Table, rows: list[list[Any]], stored: Callable[[list[str], tuple[Any, Any] | None], set[Any]]
@@ -167,11 +221,13 @@ class Sink:
         self.retry_sleep = retry_sleep
         self.stop_event = threading.Event()
         self.by_topic = {spec.name(settings): table for spec, table in TABLES.items()}
+        self.erasure_topic = PRIVACY_ERASURES.name(settings)
+        self.erased: Erased | None = None  # the writer thread's, read from the audit table before the first write
 
     def run(self) -> None:
         s = self.settings
         consumer = clients.consumer(s, s.group("sink"), **{"client.id": "touchline-sink"})
-        consumer.subscribe(list(self.by_topic))
+        consumer.subscribe([*self.by_topic, self.erasure_topic])
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-writer")
         in_flight: tuple[Future[None], Batch] | None = None
         batch = Batch()
@@ -216,6 +272,9 @@ class Sink:
 
     def _add(self, batch: Batch, m: Any) -> None:
         batch.offsets[(m.topic(), m.partition())] = m.offset() + 1
+        if m.topic() == self.erasure_topic:
+            self._add_erasure(batch, m)
+            return
         table = self.by_topic[m.topic()]
         value = m.value()
         if value is None:  # a tombstone on a compacted topic
@@ -232,28 +291,110 @@ class Sink:
         batch.rows[table].append(table.build(record, m.offset()))
         batch.size += 1
 
+    def _add_erasure(self, batch: Batch, m: Any) -> None:
+        """A privacy.erasures record: kind erase is handled when its batch is written; suppress
+        is ingest's (its offset is committed with the batch)."""
+        if m.value() is None:
+            return
+        try:
+            _, record = avro.decode(m.value())
+        except avro.WireFormatError as exc:
+            log.error("skipping undecodable erasure %s/%d/%d: %s", m.topic(), m.partition(), m.offset(), exc)
+            return
+        e = erasure.erasure_of(record)
+        if e is not None:
+            batch.erasures.append(e)
+            batch.size += 1
+
+    def _retry(self, label: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, retried with backoff until it succeeds (a few tries once stopping)."""
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                metrics.SINK_FAILURES.labels(label).inc()
+                attempt += 1
+                if self.stop_event.is_set() and attempt > 3:
+                    raise
+                log.warning("%s failed (attempt %d), retrying: %s", label, attempt, exc)
+                metrics.SINK_RETRIES.labels(label).inc()
+                self.retry_sleep(min(0.1 * 2**attempt, 5.0))
+
+    def _load_erased(self) -> Erased:
+        erased = Erased()
+        erased.load(self.writer.erasures())
+        return erased
+
+    def _identifier_key(self) -> Callable[[str], str] | None:
+        """How ``touchline erase`` hashes an identifier (its suppression key), once this installation
+        has an identifier salt (read when needed: the workers may create it after the sink started)."""
+        from streams.deadletter.sealing import configured_salt
+        from streams.privacy.core import suppression_key
+
+        salt = configured_salt(self.settings)
+        return None if salt is None else partial(suppression_key, salt=salt)
+
     def _write(self, batch: Batch) -> None:
+        if self.erased is None:
+            self.erased = self._retry(AUDIT_TABLE, self._load_erased)
+        erased = self.erased
+        for e in batch.erasures:  # the batch's own rows of these persons are not written either
+            erased.add(e)
+        if erased.hashes and erased.identifier_key is None:
+            erased.identifier_key = self._identifier_key()
         for table, rows in batch.rows.items():
-            attempt = 0
-            while True:
-                started = time.perf_counter()
-                try:
-                    todo = rows
-                    if table.insert_once:
-                        todo = new_rows(table, rows, partial(self.writer.stored_keys, table))
-                    if todo:
-                        self.writer.insert(table.name, table.columns, todo)
-                    break
-                except Exception as exc:
-                    metrics.SINK_FAILURES.labels(table.name).inc()
-                    attempt += 1
-                    if self.stop_event.is_set() and attempt > 3:
-                        raise
-                    log.warning("insert into %s failed (attempt %d), retrying: %s", table.name, attempt, exc)
-                    metrics.SINK_RETRIES.labels(table.name).inc()
-                    self.retry_sleep(min(0.1 * 2**attempt, 5.0))
-            metrics.SINK_INSERT_SECONDS.labels(table.name).observe(time.perf_counter() - started)
-            metrics.SINK_BATCH_ROWS.labels(table.name).observe(len(todo))
-            metrics.SINK_ROWS.labels(table.name).inc(len(todo))
+            kept = erased.keep(table.columns, rows)
+            if len(kept) < len(rows):
+                log.info("dropped %d row(s) of erased persons bound for %s", len(rows) - len(kept), table.name)
+            todo = self._insert(table, kept)
             metrics.SINK_RECORDS.labels(table.name).inc(len(rows))
-            metrics.SINK_DUPLICATES.labels(table.name).inc(len(rows) - len(todo))
+            metrics.SINK_DUPLICATES.labels(table.name).inc(len(kept) - len(todo))
+        for e in batch.erasures:
+            if e.request_id in erased.requests:
+                log.info("erasure %s is audited already: nothing more to delete", e.request_id)
+                continue
+            self._retry(AUDIT_TABLE, partial(self._erase, e))
+            erased.requests.add(e.request_id)
+
+    def _erase(self, e: Erasure) -> None:
+        """Count, delete, then audit (the audit row last: whoever sees it sees no erased row).
+        Retried whole: a second pass counts what the first left, and the audit row is written once."""
+        counts: dict[str, int] = {}
+        if e.persons:
+            tombstones = erasure.tombstones_statement()
+            identifiers = self.erased.erased_identifiers(self.writer.column(tombstones), e.identifier_hashes) \
+                if self.erased is not None and e.identifier_hashes else []
+            for table in PERSON_TABLES:
+                where = erasure.where(table, e.persons, identifiers)
+                counts[table] = self.writer.count(table, where)
+                if counts[table]:
+                    self.writer.delete(table, where)
+        self.writer.insert(AUDIT_TABLE, AUDIT_COLUMNS, [erasure.audit_row(e, self.clock.now_ms(), counts)])
+        log.info("erasure %s: %d person(s), rows deleted %s", e.request_id, len(e.persons), counts)
+
+    def _insert(self, table: Table, rows: list[list[Any]]) -> list[list[Any]]:
+        """Insert ``rows`` (the new ones of an insert-once table), retried until ClickHouse takes them;
+        returns the rows inserted."""
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                todo = rows
+                if table.insert_once:
+                    todo = new_rows(table, rows, partial(self.writer.stored_keys, table))
+                if todo:
+                    self.writer.insert(table.name, table.columns, todo)
+                break
+            except Exception as exc:
+                metrics.SINK_FAILURES.labels(table.name).inc()
+                attempt += 1
+                if self.stop_event.is_set() and attempt > 3:
+                    raise
+                log.warning("insert into %s failed (attempt %d), retrying: %s", table.name, attempt, exc)
+                metrics.SINK_RETRIES.labels(table.name).inc()
+                self.retry_sleep(min(0.1 * 2**attempt, 5.0))
+        metrics.SINK_INSERT_SECONDS.labels(table.name).observe(time.perf_counter() - started)
+        metrics.SINK_BATCH_ROWS.labels(table.name).observe(len(todo))
+        metrics.SINK_ROWS.labels(table.name).inc(len(todo))
+        return todo
