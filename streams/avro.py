@@ -61,6 +61,8 @@ SESSION = "com.touchline.sessions.Session"
 IDENTITY_WORK = "com.touchline.internal.IdentityWork"
 PRODUCT_SALES = "com.touchline.internal.ProductSales"
 IDENTITY_ASSIGNMENT = "com.touchline.identity.IdentityAssignment"
+ERASURE = "com.touchline.privacy.Erasure"
+ERASURE_WORK = "com.touchline.internal.ErasureWork"
 
 
 class WireFormatError(ValueError):

@@ -267,6 +267,24 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    from streams.identity.profile import BadIdentifier
+    from streams.privacy.erase import EraseError, main
+    from streams.sink.query import QueryError
+
+    s = _settings()
+    _need_broker(s)
+    try:
+        main(s, args.identifier, args.reason, args.timeout)
+    except BadIdentifier as exc:
+        print(f"touchline erase: {exc}", file=sys.stderr)
+        return 2
+    except (EraseError, QueryError) as exc:
+        print(f"touchline erase: not finished, run it again (every step is safe to repeat): {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from streams import avro
 
@@ -344,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "and merge history")
     p.add_argument("identifier", help="type:value, e.g. phone:+8613800001234 or member_id:M100")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("erase", help="erase a person on request (personal-information law, GDPR): identity links, "
+                                     "features, pending triggers, ClickHouse rows; their identifiers are suppressed "
+                                     "so replays cannot bring them back; an audit row records it")
+    p.add_argument("--identifier", required=True, metavar="TYPE:VALUE", help="any identifier of the person")
+    p.add_argument("--reason", default="", help="kept in the audit log: ticket number, legal basis")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the pipeline (default 300)")
+    p.set_defaults(func=cmd_erase)
 
     p = sub.add_parser("schemas", help="list the Avro contracts with their versions and fixed schema ids")
     p.add_argument("--freeze", action="store_true", help="write a new version file for each changed schema")

@@ -31,13 +31,18 @@ EVENTS_INGESTED = Counter(
 )
 INGEST_OUTCOMES = Counter(
     "touchline_ingest_outcomes_total",
-    "Raw records by outcome (accepted, dead_letter, duplicate), channel, event type and dead-letter reason",
+    "Raw records by outcome (accepted, dead_letter, duplicate, suppressed: an erased person's), channel, event type and dead-letter reason",
     ["channel", "type", "outcome", "reason"],
 )
 DEDUP_IDS = Gauge("touchline_dedup_event_ids", "Event ids held by the duplicate filter", ["partition"])
 DEAD_LETTERS = Counter("touchline_dead_letters_total", "Records sent to the dead-letter topic", ["reason"])
 CLOCK_TICKS = Counter("touchline_clock_ticks_total", "Clock-tick control records applied")
 DUPLICATES = Counter("touchline_duplicates_dropped_total", "Touchpoints dropped as repeats of an event id")
+ERASED = Counter(
+    "touchline_erased_keys_total",
+    "Persons and identifiers whose state a worker erased on an erasure request (touchline erase), by kind",
+    ["kind"],
+)
 MERGES = Counter("touchline_identity_merges_total", "Persons merged into another person")
 IDENTITY_GRAPH_CHANGES = Counter(
     "touchline_identity_graph_changes_total",

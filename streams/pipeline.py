@@ -57,6 +57,9 @@ class Pipeline:
     reference: Any = None  # streams.reference.view.ReferenceData over the reference GlobalTables
     sales: Any = None  # streams.triggers.sales_agent.SalesView over the products.sales GlobalTable
     watched: dict[str, WatchedTable] = field(default_factory=dict)  # tables sampled for state metrics
+    # erasure (streams/privacy/agent.py): each stage's eraser(partition, ErasureWork record) deletes
+    # what its tables hold of the request on that partition
+    erasers: list[Callable[[int, dict[str, Any]], None]] = field(default_factory=list)
 
     def topic(self, spec: TopicSpec) -> Any:
         return self.topics[spec.suffix]
@@ -139,6 +142,11 @@ class PersonEntries(HeldWrites):
                  "absorbed_state": handed_over(leaving)})
         self.gone.add(person)
 
+    def erase(self, person: str) -> None:
+        """An erase op (streams/privacy/agent.py): the person leaves the table with nothing handed on."""
+        self.pop(person, None)
+        self.gone.add(person)
+
     def move_batches(self, batch: dict[str, Any], suffix: str) -> list[tuple[int, dict[str, Any]]]:
         """The hand-over ops as person batches, by destination partition (not stamped: the
         survivor's entry folds each in once, streams/redelivery.py ``absorb_once``)."""
@@ -216,6 +224,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
     from streams.features.agents import register as register_features
     from streams.identity.agents import register as register_identity
     from streams.identity.graph_agent import register as register_identity_graph
+    from streams.privacy.agent import register as register_erasure
     from streams.reference.tables import register as register_reference
     from streams.sessions.agents import register as register_sessions
     from streams.triggers.agents import register as register_triggers
@@ -229,6 +238,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
     pipeline.sales = register_sales(pipeline)
     register_triggers(pipeline)
     register_sessions(pipeline)
+    register_erasure(pipeline)
     _register_ingest(pipeline)
     _register_views(pipeline)
     return app

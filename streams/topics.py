@@ -29,6 +29,7 @@ class TopicSpec:
     compacted: bool = False
     internal: bool = False
     partitioned: bool = True  # False: a single partition
+    kept_forever: bool = False  # retention.ms=-1: never deleted by time or size
 
     def name(self, settings: Settings) -> str:
         return settings.topic(self.suffix)
@@ -93,6 +94,17 @@ PRODUCT_SALES = TopicSpec(
     "partition, for recommendations (compacted; every worker reads it whole).",
     compacted=True, internal=True,
 )
+PRIVACY_ERASURES = TopicSpec(
+    "privacy.erasures", avro.ERASURE, "request_id",
+    "Erasure requests (`touchline erase`): the suppression list ingest keeps out and the audit log. "
+    "Kept for ever (retention.ms=-1): it is what stops replays bringing an erased person back.",
+    partitioned=False, kept_forever=True,
+)
+ERASURE_WORK = TopicSpec(
+    "internal.erasure", avro.ERASURE_WORK, "none: partition = hash(person id or identifier)",
+    "An erasure request's persons and identifiers, each on the partition whose tables hold it.",
+    internal=True,
+)
 IMPORTS_LEDGER = TopicSpec(
     "imports.ledger", avro.IMPORT_LEDGER, "file_sha256:mapping_sha256",
     "Completed `touchline import`s of history: re-importing the same file with the same mapping "
@@ -124,7 +136,8 @@ REFERENCE_TOPICS: tuple[TopicSpec, ...] = (REF_STORES, REF_PRODUCTS, REF_CAMPAIG
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     RAW, DEAD_LETTERS, INGESTED, ENRICHED, IDENTITY_CHANGES, IDENTITY_WORK, IDENTITY_ASSIGNMENTS,
-    PERSON_OPS, FEATURED, SESSIONS, MEMBER_FEATURES, TRIGGERS, PRODUCT_SALES, IMPORTS_LEDGER, *REFERENCE_TOPICS,
+    PERSON_OPS, FEATURED, SESSIONS, MEMBER_FEATURES, TRIGGERS, PRODUCT_SALES, PRIVACY_ERASURES, ERASURE_WORK,
+    IMPORTS_LEDGER, *REFERENCE_TOPICS,
 )
 
 

@@ -221,7 +221,7 @@ def _deploy_constant() -> set[str]:
 
 
 def test_cli_has_exactly_the_subcommands_deploy_expects() -> None:
-    expected = {"run", "worker", "sink", "simulate", "migrate", "topics", "broker", "report", "bench", "faults", "load", "schemas", "collect", "import", "dlq", "profile", "fit-purchase-model"}
+    expected = {"run", "worker", "sink", "simulate", "migrate", "topics", "broker", "report", "bench", "faults", "load", "schemas", "collect", "import", "dlq", "profile", "fit-purchase-model", "erase"}
     assert _subcommands() == expected
     assert _deploy_constant() == expected
 

@@ -26,7 +26,7 @@ from streams.topics import ALL_TOPICS
 
 # --- Names the code provides; update here when the code changes. -----------------
 # `touchline` subcommands, as streams/cli.py's parser defines them; keep the two in step.
-CLI_SUBCOMMANDS = {"run", "worker", "sink", "simulate", "migrate", "topics", "broker", "report", "bench", "faults", "load", "schemas", "collect", "import", "dlq", "profile", "fit-purchase-model"}
+CLI_SUBCOMMANDS = {"run", "worker", "sink", "simulate", "migrate", "topics", "broker", "report", "bench", "faults", "load", "schemas", "collect", "import", "dlq", "profile", "fit-purchase-model", "erase"}
 # ClickHouse tables (streams/sink/migrations) dashboards may read -> columns they may use.
 CLICKHOUSE_TABLES = {
     "kpi_events_hourly": {"hour", "channel", "store_id", "event_type", "events", "revenue", "items", "persons",

@@ -115,5 +115,7 @@ def _apply(batch: dict[str, Any], entries: PersonEntries, cfg: FeatureSettings) 
                 profile.apply(entry["profile"], op["event"], cfg)
         elif op["kind"] == "merge":
             entries.leave(op, "absorb", member.handed_over)
+        elif op["kind"] == "erase":  # its features go, with a tombstone on members.features
+            entries.erase(person)
         elif op["kind"] == "absorb" and op.get("absorbed_state"):
             member.absorb(entries.entry_of(person), op["other_person"], json.loads(op["absorbed_state"]), cfg)

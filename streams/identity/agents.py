@@ -32,6 +32,19 @@ def register(p: Pipeline) -> None:
     dedup = Dedup(int(p.settings.dedup_window_s * 1000), p.settings.dedup_max_ids)
 
     p.on_revoked(dedup.forget)
+
+    def erase(part: int, work: dict[str, Any]) -> None:
+        """An erasure: the route links of the identifiers homed here, and the recorded decisions
+        naming any of the request's persons."""
+        for ident in work["identifiers"]:
+            if ident in links:
+                del links[ident]
+        if not dedup.loaded(part):
+            dedup.load(part, seen.items())
+        for key, value in dedup.scrub(part, set(work["erased_persons"])):
+            seen[key] = value
+
+    p.erasers.append(erase)
     enriched_topic, changes_topic = p.topic(ENRICHED), p.topic(IDENTITY_CHANGES)
     ops_topic, graph_topic = p.topic(PERSON_OPS), p.topic(IDENTITY_WORK)
     rules = p.settings.identity_rules()

@@ -123,6 +123,18 @@ class Dedup:
         batch.effects = effects
         return entry_key(partition, batch_id), {"t": batch.t, "ids": batch.ids, "fx": effects}
 
+    def scrub(self, partition: int, persons: set[str]) -> list[tuple[str, dict[str, Any]]]:
+        """Erasure (streams/privacy/agent.py): forget the recorded effects of every batch whose
+        decisions name one of ``persons`` (they hold person ids, member ids and route keys); return
+        the table entries to write. Event ids and times stay: they name nobody, and they keep
+        repeats out. A batch redelivered later decides again instead of replaying."""
+        out = []
+        for batch_id, batch in self._parts.get(partition, _Partition()).batches.items():
+            if batch.effects is not None and _names(batch.effects, persons):
+                batch.effects = None
+                out.append((entry_key(partition, batch_id), {"t": batch.t, "ids": batch.ids, "fx": None}))
+        return out
+
     def _expire(self, partition: int, part: _Partition, watermark_ms: int) -> list[str]:
         expired = []
         horizon = watermark_ms - self.window_ms
@@ -137,3 +149,9 @@ class Dedup:
             expired.append(entry_key(partition, batch_id))
         return expired
 
+
+
+def _names(effects: Any, persons: set[str]) -> bool:
+    """Whether recorded effects (streams/identity/agents.py ``_effects``) name one of ``persons``."""
+    return any(p in persons for p, _ in effects.get("p", ())) or \
+        any(m[0] in persons or m[1] in persons for m in effects.get("m", ()))

@@ -2,7 +2,8 @@
 
 Each raw record becomes either a touchpoint routed to the identity partition
 of its route key, a dead letter with a reason, or (manual clock only) a clock
-tick. The batcher also tracks stream time per raw partition: the largest event
+tick, or suppressed: it carries an identifier an erasure suppressed
+(streams/privacy/core.py; counted, never passed on). The batcher also tracks stream time per raw partition: the largest event
 time (or tick) seen there, never earlier than the injected clock in wall mode.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from streams.clock import Clock
 from streams.ingest import control
 from streams.ingest.validate import Policy, Rejected, accept, route_key
+from streams.privacy.core import Suppressions
 from streams.topics import partition_for
 
 
@@ -39,6 +41,7 @@ class Routed:
     by_partition: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     dead: list[Dead] = field(default_factory=list)
     ticks: int = 0
+    suppressed: int = 0  # valid touchpoints of erased persons, dropped
     channels: Counter[str] = field(default_factory=Counter)
     # (channel, type, outcome, reason) -> records, for touchline_ingest_outcomes_total
     outcomes: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
@@ -50,8 +53,9 @@ class Routed:
 
 class IngestBatcher:
     def __init__(self, partitions: int, clock: Clock, manual_clock: bool, lateness_ms: int = 0,
-                 *, policy: Policy) -> None:
+                 *, policy: Policy, suppressions: Suppressions | None = None) -> None:
         self.partitions = partitions
+        self.suppressions = suppressions
         self.policy = policy
         self.clock = clock
         self.manual_clock = manual_clock
@@ -73,6 +77,13 @@ class IngestBatcher:
                 out.dead.append(Dead(rec, result.reason, result.detail))
                 out.outcomes[(result.channel, result.type, "dead_letter", result.reason)] += 1
                 continue
+            t = result["event_time_ms"]
+            if t > times.get(rec.partition, 0):  # time moves on, whoever's event it was
+                times[rec.partition] = t
+            if self.suppressions is not None and self.suppressions.blocks(result):
+                out.suppressed += 1
+                out.outcomes[(result["channel"], result["type"], "suppressed", "erased")] += 1
+                continue
             key = route_key(result["identifiers"])
             assert key is not None  # accept() rejects events without one
             out.by_partition[partition_for(key, self.partitions)].append({
@@ -81,9 +92,6 @@ class IngestBatcher:
             })
             out.channels[result["channel"]] += 1
             out.outcomes[(result["channel"], result["type"], "accepted", "")] += 1
-            t = result["event_time_ms"]
-            if t > times.get(rec.partition, 0):
-                times[rec.partition] = t
         return out
 
     def stream_times(self, owned: set[int] | None = None) -> dict[str, int]:

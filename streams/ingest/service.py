@@ -26,6 +26,8 @@ from streams.deadletter.sealing import Sealer, identifier_salt
 from streams.ingest.batcher import IngestBatcher, RawRecord
 from streams.ingest.validate import Policy
 from streams.kafka import clients
+from streams.privacy.core import Suppressions
+from streams.privacy.feed import SuppressionFeed
 from streams.settings import Settings
 from streams.topics import DEAD_LETTERS, INGESTED, RAW
 
@@ -46,9 +48,11 @@ class IngestService:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.worker_id = worker_id
+        self.suppressions = Suppressions(identifier_salt(settings))
         self.batcher = IngestBatcher(
             settings.partitions, self.clock, settings.clock == "manual",
             int(settings.allowed_lateness_s * 1000), policy=policy_from(settings),
+            suppressions=self.suppressions,
         )
         self.sealer = Sealer.from_settings(settings)
         self._stop = threading.Event()
@@ -86,6 +90,7 @@ class IngestService:
         raw, ingested, dlq = RAW.name(s), INGESTED.name(s), DEAD_LETTERS.name(s)
         consumer = clients.consumer(s, s.group("ingest"), **{"client.id": f"ingest-{self.worker_id}"})
         producer = clients.producer(s)
+        feed = SuppressionFeed(s, self.suppressions)
 
         def on_assign(c: Any, parts: list[TopicPartition]) -> None:
             self._owned |= {p.partition for p in parts}
@@ -121,6 +126,8 @@ class IngestService:
                     self._lag_at = time.monotonic() + metrics.LAG_INTERVAL_S
                 if not records and s.clock == "manual":
                     continue
+                if records:  # erasures suppressed before this slice keep its events out
+                    feed.refresh()
                 self._process(records, producer, ingested, dlq, raw)
                 if records:
                     producer.flush()
@@ -132,6 +139,7 @@ class IngestService:
         finally:
             producer.flush(10)
             consumer.close()
+            feed.close()
 
     def _sample_lag(self, consumer: Any, raw: str) -> None:
         """touchline_consumer_lag_records of the owned raw partitions: the high watermark

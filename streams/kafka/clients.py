@@ -49,6 +49,8 @@ def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = ALL_TOPICS)
         if name in existing:
             continue
         config = {"cleanup.policy": "compact"} if spec.compacted else {}
+        if spec.kept_forever:
+            config["retention.ms"] = "-1"
         wanted.append(NewTopic(name, spec.partitions(settings), settings.replication_factor, config=config))
     if not wanted:
         return []

@@ -43,6 +43,7 @@ def register(p: Pipeline) -> None:
             touched: dict[str, dict[str, Any]] = {}
             claims = redelivery.Claims(batch)
             closed: list[dict[str, Any]] = []
+            erased: set[str] = set()
             for op in batch["ops"]:
                 person = op["person_id"]
                 if op["kind"] == "event":
@@ -55,7 +56,12 @@ def register(p: Pipeline) -> None:
                     if gone is not None and gone["open"]:
                         closed += core.close_all(gone, stream_time)
                         touched[person] = gone
+                elif op["kind"] == "erase":  # its open session goes unpublished (streams/privacy/agent.py)
+                    touched.pop(person, None)
+                    erased.add(person)
 
+            for person in erased:
+                index.drop(part, person)
             for person, state in touched.items():
                 index.update(part, person, state)
             for person in index.due(part, stream_time):
@@ -69,6 +75,9 @@ def register(p: Pipeline) -> None:
             # Closed sessions reach the broker before the states that no longer hold them.
             await timer.outside(deliver([
                 (sessions_topic, rec["person_id"].encode(), avro.encode(avro.SESSION, rec), None) for rec in closed]))
+            for person in erased:
+                if person in table:
+                    del table[person]
             for person, state in touched.items():
                 table[person] = state
             timer.stop()

@@ -162,6 +162,8 @@ def _apply(
                 step(entry, op["event"])
         elif op["kind"] == "merge":
             entries.leave(op, "trigger_state", person.handed_over)
+        elif op["kind"] == "erase":  # pending waits and remembered decisions go, nothing is decided
+            entries.erase(who)
         elif op["kind"] == "trigger_state" and op.get("absorbed_state"):
             person.absorb(entries.entry_of(who), op["other_person"], json.loads(op["absorbed_state"]), policy)
     return snapshots

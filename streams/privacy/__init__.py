@@ -1,0 +1,1 @@
+"""Erasure of a person on request (personal-information law, GDPR): ``touchline erase``."""
