@@ -276,3 +276,105 @@ def test_a_group_written_before_edge_digests_reads_the_same() -> None:
     assert read.to_json() == new.to_json() and read.nbrs == new.nbrs
     assert read.add(ev("a1", 1, member_id="A", phone="p1")).changes == []  # a1 again: already counted
     assert read.edges[key]["ev"] == new.edges[key]["ev"]
+
+
+# --------------------------------------------------------------------------- erasure
+
+
+def stripped(events: list[dict[str, Any]], erased: set[str], rules: Rules) -> list[dict[str, Any]]:
+    """The events as if ``erased`` had never been seen: each keeps its other identifiers, and one
+    left with none is gone."""
+    out = []
+    for e in events:
+        ids = {k: v for k, v in e["identifiers"].items() if f"{k}:{v}" not in erased}
+        if identifiers_of({**e, "identifiers": ids}, rules):
+            out.append({**e, "identifiers": ids})
+    return out
+
+
+def built(events: list[dict[str, Any]], rules: Rules) -> Graph:
+    g = Graph(rules)
+    for e in events:
+        g.add(e)
+    return g
+
+
+def _same_evidence(g: Graph, h: Graph) -> None:
+    assert (g.nodes, g.edges, g.person, g.flags) == (h.nodes, h.edges, h.person, h.flags)
+    assert {i: sorted(n) for i, n in g.nbrs.items()} == {i: sorted(n) for i, n in h.nbrs.items()}
+
+
+def test_erasing_a_member_with_their_phone_and_cookie_leaves_another_member_as_they_were() -> None:
+    rules = Rules()
+    events = [ev("a1", 0, member_id="A", phone="pa", anonymous_id="ca"), ev("a2", 1, member_id="A", anonymous_id="ca"),
+              ev("a3", 2, anonymous_id="ca"), ev("b1", 3, member_id="B", phone="pb", anonymous_id="cb"),
+              ev("b2", 4, anonymous_id="cb", phone="pa")]  # B's cookie once seen with A's phone
+    g = built(events, rules)
+    b = person_id_for("member_id:B")
+    assert g.person["phone:pa"] == person_id_for("member_id:A") and g.person["anonymous_id:cb"] == b
+    erased = {"member_id:A", "phone:pa", "anonymous_id:ca"}
+    update = g.without(erased)
+    assert update.changes == [] and update.conflicts == []  # all of A went; B is as it was
+    _same_evidence(g, built(stripped(events, erased, rules), rules))
+    assert g.clusters() == {b: {"member_id:B", "phone:pb", "anonymous_id:cb"}}
+    assert not any(i in json.dumps(g.to_json()) for i in erased)
+    assert g.without(erased).changes == [] and g.to_json() == built(stripped(events, erased, rules), rules).to_json()
+
+
+def test_a_kiosk_shared_by_four_members_stops_being_shared_when_one_is_erased_at_threshold_three() -> None:
+    """Shared means seen with more distinct anchors than the threshold: 4 > 3 is shared, 3 is not.
+    The kiosk's anchor list is kept to 4 (threshold + 1); erasing one is read again from its edges."""
+    rules = Rules(shared_threshold=3)
+    events = [ev(f"k{i}", i, member_id=f"M{i}", device_id="kiosk") for i in range(1, 5)]
+    events += [ev("m2", 9, member_id="M2", device_id="kiosk"), ev("x", 10, member_id="M5", device_id="kiosk")]
+    g = built(events[:4] + events[4:5], rules)
+    assert g.shared("device_id:kiosk")
+    update = g.without({"member_id:M1"})
+    assert not g.shared("device_id:kiosk")
+    # M2 used it twice: the strongest link now, the kiosk is M2's again
+    assert g.person["device_id:kiosk"] == person_id_for("member_id:M2")
+    assert [(c.kind, c.from_person, c.into) for c in update.changes] == [
+        ("merge", person_id_for("device_id:kiosk"), (person_id_for("member_id:M2"),))]
+    assert "erasure" in update.changes[0].reason
+    # its links to M3 and M4 are refused now; M3's was reported already (before it was shared)
+    assert [(c.a, c.b) for c in update.conflicts] == [("device_id:kiosk", "member_id:M4")]
+    assert {"device_id:kiosk\tmember_id:M3", "device_id:kiosk\tmember_id:M4"} <= set(g.refused)
+    _same_evidence(g, built(stripped(events[:5], {"member_id:M1"}, rules), rules))
+    # with a fifth member the list was full (4) and one more was left out of it: still shared
+    h = built(events, rules)
+    h.without({"member_id:M1"})
+    assert h.shared("device_id:kiosk") and h.nodes["device_id:kiosk"] == sorted(
+        f"member_id:M{i}" for i in (2, 3, 4, 5))
+    _same_evidence(h, built(stripped(events, {"member_id:M1"}, rules), rules))
+
+
+def test_a_flag_learned_from_elsewhere_stays_through_an_erasure() -> None:
+    g = built([ev("e1", 0, member_id="M1", device_id="tablet"), ev("e2", 1, member_id="M2", device_id="tablet")],
+              Rules(shared_threshold=1))
+    g.flag_shared(["device_id:tablet"])
+    g.without({"member_id:M1"})
+    assert g.shared("device_id:tablet") and g.flags == {"device_id:tablet"}
+    g.without({"device_id:tablet"})
+    assert g.flags == set() and "device_id:tablet" not in g.nodes
+
+
+@PROPERTY
+@given(event_sets(), st.data(), st.integers(1, 3), st.integers(1, 4))
+def test_a_graph_without_identifiers_is_the_graph_of_the_events_without_them(
+    events: list[dict[str, Any]], data: st.DataObject, threshold: int, cap: int,
+) -> None:
+    """Nodes, edges (first events, digests, capped), anchors, clustering: all equal to the graph
+    built from the events with the erased identifiers taken out; forgetting again changes nothing."""
+    rules = small_rules(threshold, cap)
+    g = built(events, rules)
+    erased = set(data.draw(st.lists(st.sampled_from(sorted(g.nodes)), min_size=1, max_size=5)))
+    before = dict(g.person)
+    update = g.without(erased)
+    reference = stripped(events, erased, rules)
+    _same_evidence(g, built(reference, rules))
+    assert g.person == cluster(reference, rules)[0] == plain_reference(reference, rules)
+    _rules_hold(g)
+    moved = {(before[i], p) for i, p in g.person.items() if before[i] != p}
+    assert moved <= {(c.from_person, into) for c in update.changes for into in c.into}
+    again = g.without(erased)
+    assert (again.changes, again.conflicts) == ([], []) and g.person == cluster(reference, rules)[0]

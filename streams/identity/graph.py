@@ -39,6 +39,12 @@ Clustering, a function of the evidence alone:
    person is merged into it at login. Two runs over the same events agree on
    every id.
 
+Erasure (``Graph.without``): the graph becomes the one built from the same
+events with the erased identifiers taken out of each event, exactly, as far as
+the evidence it holds goes (see ``without``); an identifier shared only through
+an erased member stops being shared, the one exception to "once shared stays
+shared" (flags learned from elsewhere stay: that evidence is not here).
+
 An event belongs to the person of its highest-priority identifier that is not
 shared (or, with only shared ones, of its highest-priority identifier).
 
@@ -351,8 +357,46 @@ class Graph:
         changes, conflicts = self._recluster(newly_shared, newly_shared)
         return Update("", changes, conflicts, newly_shared)
 
+    def without(self, idents: Iterable[str]) -> Update:
+        """Forget identifiers (an erasure): the graph becomes the one built from the same events
+        with these identifiers removed from each event (an event keeps its other identifiers).
+
+        Their nodes go, with every edge that has an end among them (and its refusal), their
+        places in other identifiers' anchor lists, their flags and their persons; then the
+        components they were in (and any identifier no longer shared) are clustered again.
+        Exact for the evidence this graph holds: an edge between two remaining identifiers comes
+        from the events holding both, which keep both, so its first event and digests (and their
+        cap) stand as they are; an identifier's anchors are the anchor-type identifiers it has an
+        edge with (both come from the same events), so a list that had an erased anchor is read
+        again from the remaining edges, past the cap it was kept to. Flags (``flag_shared``:
+        sharing known from evidence held elsewhere) stay: whether the erasure ends them is not
+        known here. Returns the persons that changed (reason: the erasure) and new conflicts."""
+        gone = {i for i in idents if i in self.nodes}
+        was_shared = {i for i in self.nodes if self.shared(i)}
+        self.flags -= set(idents)
+        touched: set[str] = set()
+        for x in sorted(gone):
+            for nb in self.nbrs.pop(x):
+                key = _edge_key(x, nb)
+                self.edges.pop(key, None)
+                self.refused.pop(key, None)
+                if nb not in gone:
+                    self.nbrs[nb].remove(x)
+                    touched.add(nb)
+            del self.nodes[x]
+            self.person.pop(x, None)
+        cap = self.rules.shared_threshold + 1
+        for ident in touched:
+            if any(a in gone for a in self.nodes[ident]):
+                self.nodes[ident] = _capped((), (b for b in self.nbrs[ident] if _kind(b) in self.rules.anchors), cap)
+        unshared = {i for i in was_shared if i in self.nodes and not self.shared(i)}
+        changes, conflicts = self._recluster(sorted(touched | unshared), [], reason_all="erasure: identifiers "
+                                             "forgotten, the remaining evidence regrouped")
+        return Update("", changes, conflicts, [])
+
     def _recluster(self, touched: list[str], newly_shared: list[str],
-                   previous: Mapping[str, str] | None = None) -> tuple[list[Change], list[Conflict]]:
+                   previous: Mapping[str, str] | None = None,
+                   reason_all: str | None = None) -> tuple[list[Change], list[Conflict]]:
         """Cluster again the components of ``touched`` (and the pieces a newly shared
         identifier leaves); return the persons that changed and the new conflicts."""
         starts = [i for i in touched if not self.shared(i)]
@@ -380,7 +424,7 @@ class Graph:
                 self.refused[key] = reason
                 conflicts.append(Conflict(a, b, reason, (self.edges[key]["first"][1],),
                                           (self.person.get(a, ""), self.person.get(b, ""))))
-        return self._changes(old, new, newly_shared), conflicts
+        return self._changes(old, new, newly_shared, reason_all), conflicts
 
     def person_of(self, ids: list[str]) -> str:
         """The person of an event with these identifiers (strongest first)."""
@@ -389,8 +433,10 @@ class Graph:
                 return self.person[ident]
         return self.person[ids[0]]
 
-    def _changes(self, old: dict[str, str], new: dict[str, str], newly_shared: list[str]) -> list[Change]:
-        """Old persons whose identifiers now belong to other persons: merges and splits."""
+    def _changes(self, old: dict[str, str], new: dict[str, str], newly_shared: list[str],
+                 why: str | None = None) -> list[Change]:
+        """Old persons whose identifiers now belong to other persons: merges and splits
+        (``why``: the reason of them all, else one told by what happened)."""
         became: dict[str, set[str]] = {}
         for ident, before in old.items():
             became.setdefault(before, set()).add(new[ident])
@@ -400,18 +446,20 @@ class Graph:
                 continue
             evidence = self._evidence([i for i, p in old.items() if p == before and new[i] != before])
             if len(after) == 1:
-                changes.append(Change("merge", before, tuple(after), "linked by identifiers seen together",
+                changes.append(Change("merge", before, tuple(after), why or "linked by identifiers seen together",
                                       evidence))
             else:
-                reason = ("shared identifier stopped linking: " + ", ".join(sorted(newly_shared))
-                          if newly_shared else "weaker evidence gave way")
+                reason = why or ("shared identifier stopped linking: " + ", ".join(sorted(newly_shared))
+                                 if newly_shared else "weaker evidence gave way")
                 changes.append(Change("split", before, tuple(sorted(after - {before})), reason, evidence))
         return changes
 
     def _evidence(self, moved: list[str]) -> tuple[str, ...]:
         """The earliest events of the links of the identifiers that changed person (a few, smallest
         ids first): what joined them to their new person, or what held them to the old one. Never
-        empty: an identifier that changes person has a link (a lone identifier is its own person)."""
+        empty as evidence grows: an identifier that changes person has a link (a lone identifier is
+        its own person); after an erasure (``without``) it can be, when the erased links were all
+        it had."""
         ev = {self.edges[_edge_key(ident, nb)]["first"][1] for ident in moved for nb in self.nbrs[ident]}
         return tuple(sorted(ev)[: self.rules.evidence_ids])
 

@@ -46,6 +46,52 @@ identifier needs, found in one place. Assignments from different roots can
 cross on the way; an identifier's root only ever moves to a stronger key, so
 the home keeps the assignment from the strongest root (the latest from it).
 
+Erasure (GDPR). ``touchline erase`` sends ``forget_message(I, ids)`` to the home
+of every identifier I of the erased person, ``ids`` all the request's erased
+identifiers, once none of the person's events is in flight any more (ingest
+suppresses them and the graph's messages for them have settled); other people's
+events may be. A forget follows I's pointers to the root, where
+``Graph.without`` takes the erased identifiers' evidence out and the rest is
+clustered again (the identifiers whose person changes get ``assign`` as after
+any change, and the changes are reported like merges and splits, with the
+erasure as their reason). A non-shared identifier's evidence is all in its
+group's root, so one root forgets all of it, and afterwards the clustering is
+the one of the events without the erased identifiers, with one exception:
+shared stays shared where its evidence had spread. A root that tells an asker
+an identifier is shared (the asker keeps its own evidence of it) or passes an
+event over it (that evidence is left out) flags it, and flags stay through an
+erasure: the root cannot see the evidence held elsewhere, so an identifier
+flagged anywhere stays shared even if the erasure left it with too few anchors.
+An identifier shared only by the anchors in its own root, never told, is judged
+again there, exactly.
+
+What goes: each erased identifier's assignment (the home deletes it: ``Step.
+unassign``, a tombstone on identity.assignments), its place in ``own``, and the
+record at its home when that record is a pointer that no other identifier's
+pointer goes through (a pointer lists the ``own`` of the group it was when it
+became one; only if they are all erased) or a root with nothing of its own left.
+What stays, keyed by an erased identifier, holding nothing of it: (1) a root
+whose group still has other identifiers (the key is where their pointers lead;
+they keep their evidence), (2) a pointer that was the root of a group with other
+identifiers (their pointers may pass through it) or that was written before
+pointers listed their group. And the evidence of a *shared* identifier that is
+erased stays in the groups it was told to (only its own root's is forgotten).
+
+Assignments after an erasure: every root an identifier ever had is on its chain
+of pointers (a group moves only by being absorbed, leaving a pointer), every hop
+a forget passes sends ``unassign`` for all the request's identifiers to their
+homes, after every ``assign`` it sent while it was a root, and the root stops
+owning them, so the last word any home hears about an erased identifier is an
+``unassign``. (A forget that finds a record already gone stops there: another
+forget of the same request went on from there already, with the same ``ids``.)
+
+What an erasure needs of the transport: the erased person's messages handled
+*and committed* before the forgets come (a crash replays everything since the
+last commit; a replayed event or union of an erased identifier, handled again
+after its forget, would bring its evidence back at a home with no record), so
+``touchline erase`` waits a commit interval after the drain; sending the same
+forgets again later is harmless (idempotent) and heals such a replay.
+
 Crashes and replays. A message may be handled again (its records were written
 but its offset not committed), and a crash may fall between sending a step's
 messages and writing its record. So ``step`` returns its messages and its
@@ -89,11 +135,19 @@ class Step:
     conflicts: list[Conflict] = field(default_factory=list)
     shared: list[str] = field(default_factory=list)  # identifiers found to be shared here
     time_ms: int = 0  # the time of the event behind this step's changes (0: not known)
+    delete: bool = False  # delete the record of ``key`` (instead of writing): an erasure
+    unassign: bool = False  # delete ``key``'s assignment (identity-assign; a tombstone downstream)
 
 
 def event_message(event_id: str, event_time_ms: int, ids: list[str]) -> Msg:
     """The message that places an event: to its strongest identifier's home."""
     return {"k": "event", "to": ids[0], "ids": ids, "i": 0, "first": [int(event_time_ms), str(event_id)]}
+
+
+def forget_message(to: str, ids: list[str]) -> Msg:
+    """The message that erases identifiers ``ids`` (every erased identifier of the request),
+    one to each erased identifier's home (``to``)."""
+    return {"k": "forget", "to": to, "ids": sorted(set(ids))}
 
 
 def stronger(a: str, b: str, rules: Rules) -> bool:
@@ -105,8 +159,11 @@ def step(record: Record | None, msg: Msg, rules: Rules) -> Step:
     key = msg["to"]
     out = Step(key)
     kind = msg["k"]
-    if kind == "assign":
+    if kind in ("assign", "unassign"):
         raise ValueError("assign messages are for assign_step, with the identifier's assignment record")
+    if kind == "forget":
+        _forget(out, record, msg, rules)
+        return out
     if record is not None and "p" in record:  # not a root: pass it on towards the root
         if kind == "yield":  # this root was absorbed meanwhile: join what it became instead
             out.sends.append({"k": "union", "to": msg["into"], "y": None, "root": record["p"], "t": msg.get("t", 0)})
@@ -116,9 +173,11 @@ def step(record: Record | None, msg: Msg, rules: Rules) -> Step:
     if record is None:
         if kind == "event":
             record = {"g": Graph(rules).to_json(), "own": [key]}
+        elif kind == "union" and (msg["y"] != key or msg["root"] == key):
+            return out  # on its way to a root that was erased since: nothing left to join
         elif kind == "union":  # first seen in another group's evidence: it joins that group
             out.sends.append({**msg, "to": msg["root"]})
-            out.write = {"p": msg["root"]}
+            out.write = {"p": msg["root"], "own": [key]}
             return out
         else:
             raise ValueError(f"{kind} message for {key}, which was never a root")
@@ -132,6 +191,9 @@ def _event(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     g = Graph.from_json(record["g"], rules)
     ids, i = msg["ids"], msg["i"]
     if g.shared(ids[i]):  # it places nothing: try the next identifier at its own home
+        if ids[i] not in g.flags:  # this event's evidence of it is left out: see _forget
+            g.flags.add(ids[i])
+            out.write = {"g": g.to_json(), "own": record["own"]}
         if i + 1 < len(ids):
             out.sends.append({**msg, "to": ids[i + 1], "i": i + 1})
         else:  # only shared identifiers: a shared identifier is a person of its own
@@ -168,16 +230,19 @@ def _union(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
         return
     if g is not None and g.shared(y):  # no joining through a shared identifier
         out.sends.append({"k": "shared", "to": asker, "ids": [y], "t": t})
+        if y not in g.flags:  # the asker keeps its evidence of y: see _forget
+            g.flags.add(y)
+            out.write = {"g": g.to_json(), "own": sorted(own)}
     elif stronger(out.key, asker, rules):
         out.sends.append({"k": "yield", "to": asker, "into": out.key, "t": t})
     else:
         out.sends.append({"k": "absorb", "to": asker, "g": record["g"], "own": sorted(own), "t": t})
-        out.write = {"p": asker}
+        out.write = {"p": asker, "own": sorted(own)}
 
 
 def _yield(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     out.sends.append({"k": "absorb", "to": msg["into"], "g": record["g"], "own": record["own"], "t": msg.get("t", 0)})
-    out.write = {"p": msg["into"]}
+    out.write = {"p": msg["into"], "own": record["own"]}
 
 
 def _absorb(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
@@ -211,6 +276,37 @@ def _assign(out: Step, g: Graph, own: Any, before: Mapping[str, str]) -> None:
     for ident, person in moved:
         out.sends.append({"k": "assign", "to": ident, "person": person, "member": members.get(person),
                           "root": out.key})
+
+
+def _forget(out: Step, record: Record | None, msg: Msg, rules: Rules) -> None:
+    """Erase ``msg["ids"]`` on the way from the home of one of them to its root (see the module
+    docstring, Erasure)."""
+    key, ids = out.key, msg["ids"]
+    erased = set(ids)
+    out.unassign = key in erased
+    if record is None:  # erased here already (a replay, or another of the request's forgets came by)
+        return
+    # after every assignment this record sent while it was a root: the homes delete theirs again
+    out.sends += [{"k": "unassign", "to": i, "root": key} for i in ids if i != key]
+    if "p" in record:
+        out.sends.append({**msg, "to": record["p"]})
+        # a pointer may be passed through by the pointers of what was its group; with none of
+        # them left (or written before pointers listed them) it goes, else it stays, bare
+        if key in erased and set(record.get("own", ())) and set(record.get("own", ())) <= erased:
+            out.delete = True
+        return
+    own = [i for i in record["own"] if i not in erased]
+    g = Graph.from_json(record["g"], rules)
+    if not own:  # nothing of this group is left to route here: what it still holds is dead
+        out.delete = True
+        return
+    if not erased & (set(g.nodes) | g.flags | set(record["own"])):
+        return
+    before = dict(g.person)
+    update = g.without(ids)
+    _report(out, update)
+    _assign(out, g, own, before)
+    out.write = {"g": g.to_json(), "own": own}
 
 
 _HANDLERS = {"event": _event, "union": _union, "yield": _yield, "absorb": _absorb, "shared": _shared}
