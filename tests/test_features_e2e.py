@@ -100,6 +100,16 @@ def test_a_journey_moves_through_segments_on_the_topic_and_in_the_lookup(stack_f
         assert rec["interest_long"] == {"women/fashion": 1.0}
         assert (row["member_id"], row["orders_total"], row["member_grid"], row["page_views_90d"]) == (MEMBER, 0, "", 1)
         published = len(snapshots.of[person])
+        # A friend signs up from the member's referral link: the lookup lists them as brought in.
+        friend = {"anonymous_id": "cookie-friend", "member_id": "M-FRIEND"}
+        stack.produce([encoded(touchpoint("f1", "signed_up", T0 + 30 * 60_000, identifiers=friend,
+                                          referrer_id=MEMBER))])
+        stack.tick(T0 + 2 * HOUR)
+        referred = _until("the friend in the lookup", lambda: (
+            found := lookup_for(stack.settings, f"member_id:{MEMBER}", open_directly=False)) and found["brought_in"])
+        assert referred == [{"person_id": person_id_for("member_id:M-FRIEND"), "member_id": "M-FRIEND",
+                             "first_seen": referred[0]["first_seen"], "orders_total": 0}]
+        assert referred[0]["first_seen"].startswith("2026-10-31 16:30:00")  # T0 + 30 min, UTC
 
         # 2. Active and high-frequency: five weeks later, three orders in a day (first seen over
         #    30 days ago, seen now; three orders in 90 days, average below the high-basket line).

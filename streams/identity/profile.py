@@ -20,6 +20,13 @@ routing resolver filed under an anonymous person the graph joined to a member
 person's id, and the rest of the cluster's events are not in them (which
 routing persons hold a cluster's events is not stored: enriched rows keep no
 identifiers).
+
+Referrals. ``brought_in`` lists the persons this member brought in (a referral
+or KOC programme): every person whose features' ``referred_by`` (the
+``referrer_id`` of their first event carrying one) is this person's member id,
+with when they were first seen and their orders so far. It is read at lookup
+from the same snapshots, so it follows each referred person's own merges. A
+person without a member id has brought in nobody.
 """
 
 from __future__ import annotations
@@ -71,7 +78,8 @@ def lookup(query: Query, identifier: str) -> dict[str, Any] | None:
             "ORDER BY event_time, change_id")
     ]
     return {"identifier": identifier, "person_id": person, "member_id": member,
-            "identifiers": identifiers, "history": history, "features": features(query, person)}
+            "identifiers": identifiers, "history": history, "features": features(query, person),
+            "brought_in": brought_in(query, member) if member else []}
 
 
 FEATURE_COLUMNS = [c for c in MEMBER_COLS if c not in ("version", "is_deleted")]
@@ -82,6 +90,14 @@ def features(query: Query, person: str) -> dict[str, Any] | None:
     found = query(f"SELECT {', '.join(FEATURE_COLUMNS)} FROM member_snapshots FINAL "
                   f"WHERE person_id = {quote(person)} AND is_deleted = 0")
     return dict(zip(FEATURE_COLUMNS, found[0], strict=True)) if found else None
+
+
+def brought_in(query: Query, member_id: str) -> list[dict[str, Any]]:
+    """The persons whose first referrer was this member: person id, member id (None for a person
+    without one), first seen and orders so far, earliest first."""
+    return [{"person_id": r[0], "member_id": r[1], "first_seen": r[2], "orders_total": r[3]}
+            for r in query("SELECT person_id, member_id, first_seen, orders_total FROM member_snapshots FINAL "
+                           f"WHERE referred_by = {quote(member_id)} AND is_deleted = 0 ORDER BY first_seen, person_id")]
 
 
 def lookup_for(settings: Any, identifier: str, open_directly: bool = True) -> dict[str, Any] | None:
