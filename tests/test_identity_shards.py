@@ -10,7 +10,6 @@ import json
 import random
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -40,6 +39,8 @@ class Network:
         self.changes: list[Any] = []
         self.published: dict[str, dict[str, Any]] = {}  # identity-change records by change id
         self.steps = 0
+        self.dropped: list[dict[str, Any]] = []  # unions dropped on the way (shards.step)
+        self.handled = 0  # messages handled (replays included), bounded by run's limit
         self.crashes = 0
 
     def home(self, key: str) -> int:
@@ -48,7 +49,7 @@ class Network:
     def send(self, msg: dict[str, Any]) -> None:
         self.logs[self.home(msg["to"])].append(msg)
 
-    def run(self, limit: int = 200_000) -> None:
+    def run(self, limit: int = 100_000) -> None:
         while True:
             ready = [p for p in range(self.n) if self.position[p] < len(self.logs[p])]
             if not ready:
@@ -56,6 +57,10 @@ class Network:
             p = self.rnd.choice(ready)
             msg = self.logs[p][self.position[p]]
             assert self.home(msg["to"]) == p
+            self.handled += 1  # every message, assignments too: a run that does not end fails here
+            if self.handled >= limit:
+                raise AssertionError(f"the protocol does not settle: {self.handled} messages handled, "
+                                     f"{len(self.in_flight())} in flight, e.g. {self.in_flight()[:8]}")
             if msg["k"] in ("assign", "unassign"):
                 new = (shards.assign_step(self.assigned[p].get(msg["to"]), msg, self.rules)
                        if msg["k"] == "assign" else None)
@@ -67,8 +72,12 @@ class Network:
                 if msg["k"] == "unassign":
                     self.assigned[p].pop(msg["to"], None)
                 self.position[p] += 1
+                if self.rnd.random() < 0.3:  # the assignments' handler commits too (else a long run
+                    self.committed[p] = self.position[p]  # of them, crashing now and then, never ends)
                 continue
             out = shards.step(self.records[p].get(msg["to"]), msg, self.rules)
+            if msg["k"] == "union" and msg["to"] not in self.records[p] and not out.sends and out.write is None:
+                self.dropped.append(msg)  # addressed to a root that is gone: only after an erasure
             for m in out.sends:
                 self.send(m)
             for r in out.resolved:
@@ -76,7 +85,6 @@ class Network:
             self.changes += out.changes
             self.published.update((r["change_id"], r) for r in shards.change_records(out, now_ms=0))
             self.steps += 1
-            assert self.steps < limit, "the protocol does not settle"
             if self.rnd.random() < self.crash:  # crash after sending, before writing
                 self.crashes += 1
                 self.position[p] = self.committed[p]
@@ -90,6 +98,11 @@ class Network:
             self.position[p] += 1
             if self.rnd.random() < 0.3:
                 self.committed[p] = self.position[p]
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        """The messages not handled yet (kinds and addresses, without the graphs they carry)."""
+        return [{k: v for k, v in m.items() if k != "g"}
+                for p in range(self.n) for m in self.logs[p][self.position[p]:]]
 
     def person(self, ident: str) -> str | None:
         everything = {k: v for part in self.records for k, v in part.items()}
@@ -108,6 +121,7 @@ def feed(net: Network, events: list[dict[str, Any]]) -> None:
 
 def check_end_state(net: Network, events: list[dict[str, Any]]) -> None:
     reference, by_event = cluster(events, net.rules)
+    assert net.dropped == []  # no erasure: no union may be dropped (its root is never gone)
     assert {i: net.person(i) for i in reference} == reference
     # and each identifier's home knows its person, by itself
     assigned = {i: a["person"] for part in net.assigned for i, a in part.items()}
@@ -313,7 +327,6 @@ def check_after_erasure(net: Network, events: list[dict[str, Any]], erased: set[
     return reference
 
 
-@pytest.mark.skip(reason="unfinished: some generated cases do not settle in time (under investigation)")
 @ERASURES
 @given(event_sets(), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**32), st.booleans(), st.booleans())
 def test_an_erasure_leaves_the_clustering_of_the_events_without_the_erased_identifiers(

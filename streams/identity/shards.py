@@ -69,7 +69,10 @@ What goes: each erased identifier's assignment (the home deletes it: ``Step.
 unassign``, a tombstone on identity.assignments), its place in ``own``, and the
 record at its home when that record is a pointer that no other identifier's
 pointer goes through (a pointer lists the ``own`` of the group it was when it
-became one; only if they are all erased) or a root with nothing of its own left.
+became one, and then every identifier whose route came to pass through it: the
+``y`` of a union and the ``own`` of an absorb it forwards, as a later pointer or
+a later absorbed root leads there; only if they are all erased) or a root with
+nothing of its own left.
 What stays, keyed by an erased identifier, holding nothing of it: (1) a root
 whose group still has other identifiers (the key is where their pointers lead;
 they keep their evidence), (2) a pointer that was the root of a group with other
@@ -169,12 +172,23 @@ def step(record: Record | None, msg: Msg, rules: Rules) -> Step:
             out.sends.append({"k": "union", "to": msg["into"], "y": None, "root": record["p"], "t": msg.get("t", 0)})
         else:
             out.sends.append({**msg, "to": record["p"]})
+            # whose pointers now go through here: a union's ``y`` (its pointer was written towards
+            # where the union was sent), an absorbed group's ``own`` (their root points here
+            # now); listed, so that an erasure does not delete this pointer under them
+            through = {msg["y"]} - {None} if kind == "union" else set(msg["own"]) if kind == "absorb" else set()
+            if "own" in record and not through <= set(record["own"]):
+                out.write = {"p": record["p"], "own": sorted({*record["own"], *through})}
         return out
     if record is None:
         if kind == "event":
             record = {"g": Graph(rules).to_json(), "own": [key]}
         elif kind == "union" and (msg["y"] != key or msg["root"] == key):
-            return out  # on its way to a root that was erased since: nothing left to join
+            # on its way to a root that was erased since: nothing left to join. Never so without
+            # an erasure: past y's home a union goes only to keys that have a record (a pointer's
+            # target, the root that asked), written before the union reaches them (it comes after
+            # the step that wrote it in that partition's log, and after it again on a replay);
+            # the tests assert that no union is dropped where nothing was erased
+            return out
         elif kind == "union":  # first seen in another group's evidence: it joins that group
             out.sends.append({**msg, "to": msg["root"]})
             out.write = {"p": msg["root"], "own": [key]}
