@@ -93,18 +93,31 @@ class Pipeline:
 
 class HeldWrites(dict):  # type: ignore[type-arg]
     """Writes to a table held back until ``flush`` (after the batch's outputs are delivered);
-    reads see them over the table's values."""
+    reads see them over the table's values. ``delete`` holds back a deletion the same way: the
+    key reads as absent until it is written again."""
 
     def __init__(self, table: Any) -> None:
         super().__init__()
         self.table = table
+        self.deleted: set[Any] = set()  # keys deleted by ``delete`` (and not written since)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self else self.table.get(key, default)
+        if key in self:
+            return self[key]
+        return default if key in self.deleted else self.table.get(key, default)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.deleted.discard(key)
+        super().__setitem__(key, value)
+
+    def delete(self, key: Any) -> None:
+        """Delete ``key`` (from the table at ``flush``); reads see it absent from now on."""
+        self.pop(key, None)
+        self.deleted.add(key)
 
     def flush(self, removed: Iterable[Any] = ()) -> None:
-        """Write the held values, after deleting the ``removed`` keys from the table."""
-        for key in removed:
+        """Write the held values, after deleting the ``removed`` and ``delete``d keys from the table."""
+        for key in [*removed, *self.deleted]:
             if key in self.table:
                 del self.table[key]
         for key, value in self.items():

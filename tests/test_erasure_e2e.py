@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from streams.deadletter.inspect import read_to_end
 from streams.deadletter.sealing import identifier_salt
 from streams.identity.profile import lookup_for, stored_form
 from streams.privacy.core import persons_of, suppression_key
@@ -56,25 +56,7 @@ def _cli(stack: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _latest_records(settings: Any, topics: Iterable[str]) -> dict[tuple[str, bytes], bytes | None]:
     """(topic, key) -> the latest value (None: a tombstone) over whole topics, read from the start."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "erasure-test-reader",
-                  "enable.auto.commit": False})
-    tps = []
-    for topic in topics:
-        meta = c.list_topics(topic, timeout=10).topics[topic]
-        tps += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-    ends = {(tp.topic, tp.partition): c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
-    c.assign(tps)
-    latest: dict[tuple[str, bytes], bytes | None] = {}
-    done: dict[tuple[str, int], int] = {k: 0 for k in ends}
-    deadline = time.monotonic() + 60
-    while any(done[k] < ends[k] for k in ends) and time.monotonic() < deadline:
-        for m in c.consume(5000, 0.5):
-            if m.error() is None:
-                latest[(m.topic(), m.key() or b"")] = m.value()
-                done[(m.topic(), m.partition())] = m.offset() + 1
-    c.close()
-    assert all(done[k] >= ends[k] for k in ends), "topics not read to their end"
-    return latest
+    return {(topic, m.key() or b""): m.value() for topic in topics for m in read_to_end(settings, topic)}
 
 
 def _mentions(blob: str, secrets: list[str]) -> list[str]:

@@ -216,8 +216,7 @@ def test_a_failed_delete_is_retried_and_the_audit_row_written_once() -> None:
     w = Recording()
     w.stored = {"triggers": 1}
     sleeps: list[float] = []
-    sink = Sink(Settings(), FailingWriter(w, 0), retry_sleep=sleeps.append)
-    sink.writer.remaining = 1  # type: ignore[attr-defined]  # the first delete fails
+    sink = Sink(Settings(), FailingWriter(w, 1), retry_sleep=sleeps.append)  # the first delete fails (no rows)
     sink._write(_batch(erasures=[Erasure("r1", 1, (), (A,), "")]))
     assert len(sleeps) == 1
     assert [c[1] for c in w.calls if c[0] == "delete"] == ["triggers"]

@@ -363,7 +363,9 @@ class Graph:
 
         Their nodes go, with every edge that has an end among them (and its refusal), their
         places in other identifiers' anchor lists, their flags and their persons; then the
-        components they were in (and any identifier no longer shared) are clustered again.
+        components they were in are clustered again from their remaining neighbours (an
+        identifier that stops being shared is one of those: only an erased neighbour takes an
+        anchor off its list, and only erased identifiers lose their flags).
         Exact for the evidence this graph holds: an edge between two remaining identifiers comes
         from the events holding both, which keep both, so its first event and digests (and their
         cap) stand as they are; an identifier's anchors are the anchor-type identifiers it has an
@@ -371,11 +373,11 @@ class Graph:
         again from the remaining edges, past the cap it was kept to. Flags (``flag_shared``:
         sharing known from evidence held elsewhere) stay: whether the erasure ends them is not
         known here. Returns the persons that changed (reason: the erasure) and new conflicts."""
-        gone = {i for i in idents if i in self.nodes}
-        was_shared = {i for i in self.nodes if self.shared(i)}
-        self.flags -= set(idents)
+        erased = set(idents)  # read twice (nodes, flags): a generator would leave the flags
+        gone = {i for i in erased if i in self.nodes}
+        self.flags -= erased
         touched: set[str] = set()
-        for x in sorted(gone):
+        for x in gone:
             for nb in self.nbrs.pop(x):
                 key = _edge_key(x, nb)
                 self.edges.pop(key, None)
@@ -389,16 +391,17 @@ class Graph:
         for ident in touched:
             if any(a in gone for a in self.nodes[ident]):
                 self.nodes[ident] = _capped((), (b for b in self.nbrs[ident] if _kind(b) in self.rules.anchors), cap)
-        unshared = {i for i in was_shared if i in self.nodes and not self.shared(i)}
-        changes, conflicts = self._recluster(sorted(touched | unshared), [], reason_all="erasure: identifiers "
-                                             "forgotten, the remaining evidence regrouped")
+        changes, conflicts = self._recluster(sorted(touched), [], cause="erasure: identifiers forgotten, "
+                                             "the remaining evidence regrouped")
         return Update("", changes, conflicts, [])
 
     def _recluster(self, touched: list[str], newly_shared: list[str],
                    previous: Mapping[str, str] | None = None,
-                   reason_all: str | None = None) -> tuple[list[Change], list[Conflict]]:
+                   cause: str | None = None) -> tuple[list[Change], list[Conflict]]:
         """Cluster again the components of ``touched`` (and the pieces a newly shared
-        identifier leaves); return the persons that changed and the new conflicts."""
+        identifier leaves); return the persons that changed and the new conflicts.
+        ``cause``: the reason given to every change found (an erasure's), else each change's
+        reason is told by what happened (``_changes``)."""
         starts = [i for i in touched if not self.shared(i)]
         for ident in newly_shared:
             starts += [nb for nb in self.nbrs[ident] if not self.shared(nb)]
@@ -424,7 +427,7 @@ class Graph:
                 self.refused[key] = reason
                 conflicts.append(Conflict(a, b, reason, (self.edges[key]["first"][1],),
                                           (self.person.get(a, ""), self.person.get(b, ""))))
-        return self._changes(old, new, newly_shared, reason_all), conflicts
+        return self._changes(old, new, newly_shared, cause), conflicts
 
     def person_of(self, ids: list[str]) -> str:
         """The person of an event with these identifiers (strongest first)."""
@@ -434,9 +437,9 @@ class Graph:
         return self.person[ids[0]]
 
     def _changes(self, old: dict[str, str], new: dict[str, str], newly_shared: list[str],
-                 why: str | None = None) -> list[Change]:
+                 cause: str | None = None) -> list[Change]:
         """Old persons whose identifiers now belong to other persons: merges and splits
-        (``why``: the reason of them all, else one told by what happened)."""
+        (``cause``: the reason of them all, else each one's is told by what happened)."""
         became: dict[str, set[str]] = {}
         for ident, before in old.items():
             became.setdefault(before, set()).add(new[ident])
@@ -446,10 +449,10 @@ class Graph:
                 continue
             evidence = self._evidence([i for i, p in old.items() if p == before and new[i] != before])
             if len(after) == 1:
-                changes.append(Change("merge", before, tuple(after), why or "linked by identifiers seen together",
+                changes.append(Change("merge", before, tuple(after), cause or "linked by identifiers seen together",
                                       evidence))
             else:
-                reason = why or ("shared identifier stopped linking: " + ", ".join(sorted(newly_shared))
+                reason = cause or ("shared identifier stopped linking: " + ", ".join(sorted(newly_shared))
                                  if newly_shared else "weaker evidence gave way")
                 changes.append(Change("split", before, tuple(sorted(after - {before})), reason, evidence))
         return changes

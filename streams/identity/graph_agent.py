@@ -69,9 +69,7 @@ def register(p: Pipeline) -> None:
         async for event in stream.events():
             timer.start()
             msgs = [json.loads(m) for m in avro.decode_as(avro.IDENTITY_WORK, event.value)["msgs"]]
-            records, assigns = HeldWrites(groups), HeldWrites(assigned)
-            gone_records: set[str] = set()  # deleted by this batch (an erasure): read as absent
-            gone_assigns: set[str] = set()
+            records, assigns = HeldWrites(groups), HeldWrites(assigned)  # deletes: an erasure
             out: dict[int, list[dict[str, Any]]] = defaultdict(list)
             published: list[tuple[Any, bytes | None, bytes | None, int | None]] = []
             changed: Counter[str] = Counter()
@@ -79,47 +77,42 @@ def register(p: Pipeline) -> None:
             for msg in msgs:
                 key = msg["to"]
                 if msg["k"] == "unassign":
-                    _unassign(key, assigns, gone_assigns, published, assignments)
+                    _unassign(key, assigns, published, assignments)
                     continue
                 if msg["k"] == "assign":
-                    new = shards.assign_step(None if key in gone_assigns else assigns.get(key), msg, rules)
+                    new = shards.assign_step(assigns.get(key), msg, rules)
                     if new is not None:
                         assigns[key] = new
-                        gone_assigns.discard(key)
                         published.append((assignments, key.encode(), avro.encode(avro.IDENTITY_ASSIGNMENT, {
                             "identifier": key, "person_id": new["person"], "member_id": new["member"],
                             "root": new["root"]}), None))
                     continue
-                step = shards.step(None if key in gone_records else records.get(key), msg, rules)
+                step = shards.step(records.get(key), msg, rules)
                 for m in step.sends:
                     out[partition_for(m["to"], n)].append(m)
                 if step.delete:
-                    records.pop(key, None)
-                    gone_records.add(key)
+                    records.delete(key)
                 elif step.write is not None:
                     records[key] = step.write
-                    gone_records.discard(key)
                 if step.unassign:
-                    _unassign(key, assigns, gone_assigns, published, assignments)
+                    _unassign(key, assigns, published, assignments)
                 for record in shards.change_records(step, now_ms):
                     changed[record["kind"]] += 1
                     published.append((changes, record["into_person"].encode() or record["from_person"].encode(),
                                       avro.encode(avro.IDENTITY_CHANGE, record), None))
             sends = [(work, None, encode_batch(ms), dest) for dest, ms in sorted(out.items())]
             await timer.outside(deliver([*sends, *published]))
-            records.flush(removed=gone_records)
-            assigns.flush(removed=gone_assigns)
+            records.flush()
+            assigns.flush()
             for kind, count in changed.items():
                 metrics.IDENTITY_GRAPH_CHANGES.labels(kind).inc(count)
             timer.stop()
 
 
-def _unassign(key: str, assigns: HeldWrites, gone: set[str],
+def _unassign(key: str, assigns: HeldWrites,
               published: list[tuple[Any, bytes | None, bytes | None, int | None]], topic: Any) -> None:
     """Delete an erased identifier's assignment (after the batch's outputs) and publish its
-    tombstone; nothing if it has none (a replay: the tombstone went out with the deletion)."""
-    if key in gone or assigns.get(key) is None:
-        return
-    assigns.pop(key, None)
-    gone.add(key)
-    published.append((topic, key.encode(), None, None))
+    tombstone (``shards.unassign_step``)."""
+    if shards.unassign_step(assigns.get(key)):
+        assigns.delete(key)
+        published.append((topic, key.encode(), None, None))

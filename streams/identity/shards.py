@@ -128,7 +128,8 @@ class Resolved:
 @dataclass
 class Step:
     """What handling one message does: send ``sends`` (first), then write ``write`` to the
-    record of ``key`` (None: leave it as it is)."""
+    record of ``key`` (None: leave it as it is) or, for an erasure, delete that record
+    (``delete``) and ``key``'s assignment (``unassign``, as ``unassign_step`` says)."""
 
     key: str
     sends: list[Msg] = field(default_factory=list)
@@ -163,7 +164,7 @@ def step(record: Record | None, msg: Msg, rules: Rules) -> Step:
     out = Step(key)
     kind = msg["k"]
     if kind in ("assign", "unassign"):
-        raise ValueError("assign messages are for assign_step, with the identifier's assignment record")
+        raise ValueError(f"{kind} messages are for {kind}_step, with the identifier's assignment record")
     if kind == "forget":
         _forget(out, record, msg, rules)
         return out
@@ -175,9 +176,16 @@ def step(record: Record | None, msg: Msg, rules: Rules) -> Step:
             # whose pointers now go through here: a union's ``y`` (its pointer was written towards
             # where the union was sent), an absorbed group's ``own`` (their root points here
             # now); listed, so that an erasure does not delete this pointer under them
-            through = {msg["y"]} - {None} if kind == "union" else set(msg["own"]) if kind == "absorb" else set()
-            if "own" in record and not through <= set(record["own"]):
-                out.write = {"p": record["p"], "own": sorted({*record["own"], *through})}
+            if kind == "union":
+                through = {msg["y"]} - {None}
+            elif kind == "absorb":
+                through = set(msg["own"])
+            else:
+                through = set()
+            if through and "own" in record:
+                have = set(record["own"])
+                if not through <= have:
+                    out.write = {"p": record["p"], "own": sorted(have | through)}
         return out
     if record is None:
         if kind == "event":
@@ -251,11 +259,13 @@ def _union(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
         out.sends.append({"k": "yield", "to": asker, "into": out.key, "t": t})
     else:
         out.sends.append({"k": "absorb", "to": asker, "g": record["g"], "own": sorted(own), "t": t})
+        # the pointer carries the group's full own list (a storage cost per pointer; see step)
         out.write = {"p": asker, "own": sorted(own)}
 
 
 def _yield(out: Step, record: Record, msg: Msg, rules: Rules) -> None:
     out.sends.append({"k": "absorb", "to": msg["into"], "g": record["g"], "own": record["own"], "t": msg.get("t", 0)})
+    # the pointer carries the group's full own list (a storage cost per pointer; see step)
     out.write = {"p": msg["into"], "own": record["own"]}
 
 
@@ -301,21 +311,24 @@ def _forget(out: Step, record: Record | None, msg: Msg, rules: Rules) -> None:
     if record is None:  # erased here already (a replay, or another of the request's forgets came by)
         return
     # after every assignment this record sent while it was a root: the homes delete theirs again
-    out.sends += [{"k": "unassign", "to": i, "root": key} for i in ids if i != key]
+    out.sends += [{"k": "unassign", "to": i} for i in ids if i != key]
+    listed = set(record.get("own", ()))
     if "p" in record:
         out.sends.append({**msg, "to": record["p"]})
         # a pointer may be passed through by the pointers of what was its group; with none of
         # them left (or written before pointers listed them) it goes, else it stays, bare
-        if key in erased and set(record.get("own", ())) and set(record.get("own", ())) <= erased:
+        if key in erased and listed and listed <= erased:
             out.delete = True
         return
     own = [i for i in record["own"] if i not in erased]
-    g = Graph.from_json(record["g"], rules)
     if not own:  # nothing of this group is left to route here: what it still holds is dead
         out.delete = True
         return
-    if not erased & (set(g.nodes) | g.flags | set(record["own"])):
+    # nothing of the request here (forgotten already: a replay, or another of its forgets came
+    # this way): read from the record as it is, the group not parsed
+    if not erased & (set(record["g"]["nodes"]) | set(record["g"].get("flags", ())) | listed):
         return
+    g = Graph.from_json(record["g"], rules)
     before = dict(g.person)
     update = g.without(ids)
     _report(out, update)
@@ -333,6 +346,13 @@ def assign_step(current: Record | None, msg: Msg, rules: Rules) -> Record | None
         return None
     new = {"person": msg["person"], "member": msg["member"], "root": msg["root"]}
     return None if new == current else new
+
+
+def unassign_step(current: Record | None) -> bool:
+    """Whether an ``unassign`` message (or a step's ``Step.unassign``) deletes the identifier's
+    assignment ``current``, from whatever root it came: yes if it has one (none: a replay, the
+    deletion went out already). An erasure's last word about an identifier (module docstring)."""
+    return current is not None
 
 
 def person_of_identifier(records: Mapping[str, Record], ident: str, rules: Rules) -> str | None:

@@ -41,7 +41,6 @@ class Routed:
     by_partition: dict[int, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     dead: list[Dead] = field(default_factory=list)
     ticks: int = 0
-    suppressed: int = 0  # valid touchpoints of erased persons, dropped
     channels: Counter[str] = field(default_factory=Counter)
     # (channel, type, outcome, reason) -> records, for touchline_ingest_outcomes_total
     outcomes: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
@@ -49,6 +48,11 @@ class Routed:
     @property
     def accepted(self) -> int:
         return sum(len(v) for v in self.by_partition.values())
+
+    @property
+    def suppressed(self) -> int:
+        """Valid touchpoints of erased persons, dropped."""
+        return sum(n for (_, _, outcome, _), n in self.outcomes.items() if outcome == "suppressed")
 
 
 class IngestBatcher:
@@ -81,7 +85,6 @@ class IngestBatcher:
             if t > times.get(rec.partition, 0):  # time moves on, whoever's event it was
                 times[rec.partition] = t
             if self.suppressions is not None and self.suppressions.blocks(result):
-                out.suppressed += 1
                 out.outcomes[(result["channel"], result["type"], "suppressed", "erased")] += 1
                 continue
             key = route_key(result["identifiers"])

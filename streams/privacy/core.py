@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from functools import lru_cache, partial
 from typing import Any
 
 from streams.identity.links import person_id_for
@@ -65,8 +66,9 @@ class Suppressions:
     """The suppression list as ingest holds it: keys from ``privacy.erasures`` records."""
 
     def __init__(self, salt: bytes) -> None:
-        self.salt = salt
         self.keys: set[str] = set()
+        # memoised: once the list is not empty, every identifier of every event is looked up
+        self._key = lru_cache(maxsize=1 << 16)(partial(suppression_key, salt=salt))
 
     def add(self, record: Mapping[str, Any]) -> None:
         """An Erasure record (either kind): its identifiers are suppressed from now on."""
@@ -78,6 +80,6 @@ class Suppressions:
             return False
         for kind, value in touchpoint["identifiers"].items():
             if isinstance(value, str) and value and not is_junk(value) \
-                    and suppression_key(f"{kind}:{value}", self.salt) in self.keys:
+                    and self._key(f"{kind}:{value}") in self.keys:
                 return True
         return False

@@ -40,23 +40,23 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from streams import avro
 from streams.identity.profile import lookup, stored_form
 from streams.kafka import clients
+from streams.metrics import lag_records
 from streams.privacy.core import persons_of, suppression_key, work_by_partition
 from streams.settings import Settings
 from streams.sink.query import quote, rows
 from streams.topics import (
+    ALL_TOPICS,
     ERASURE_WORK,
-    FEATURED,
     IDENTITY_ASSIGNMENTS,
-    IDENTITY_WORK,
-    INGESTED,
-    PERSON_OPS,
     PRIVACY_ERASURES,
     RAW,
     TopicSpec,
 )
 
 DRAIN_ROUNDS = 8
-WORKER_INPUTS = (INGESTED, IDENTITY_WORK, PERSON_OPS, FEATURED, ERASURE_WORK)
+# what the workers' agents consume: the internal topics other than the compacted ones every worker
+# reads whole (products.sales), which no group commits
+WORKER_INPUTS = tuple(s for s in ALL_TOPICS if s.internal and not s.compacted)
 
 
 class EraseError(RuntimeError):
@@ -75,14 +75,32 @@ class _Offsets:
             self._consumers[group] = clients.consumer(self.settings, group)
         return self._consumers[group]
 
-    def ends(self, specs: tuple[TopicSpec, ...]) -> dict[tuple[str, int], int]:
+    def ends(self, specs: tuple[TopicSpec, ...], deadline: float) -> dict[tuple[str, int], int]:
+        """One past the last record of each partition. The embedded broker reports the high watermark
+        as the first offset of the partition's last record batch plus one, so that batch is read from
+        there to find its last offset (on Kafka this reads the one last record)."""
         c = self._consumer(self.settings.group("erase-reader"))
-        out = {}
+        out, tails = {}, []
         for spec in specs:
             for p in range(spec.partitions(self.settings)):
-                _, high = c.get_watermark_offsets(TopicPartition(spec.name(self.settings), p), timeout=10,
-                                                  cached=False)
-                out[(spec.name(self.settings), p)] = high
+                tp = TopicPartition(spec.name(self.settings), p)
+                low, high = c.get_watermark_offsets(tp, timeout=10, cached=False)
+                out[(tp.topic, p)] = high
+                if high > low:  # a last record to read
+                    tails.append(TopicPartition(tp.topic, p, high - 1))
+        if not tails:
+            return out
+        c.assign(tails)
+        pending = {(tp.topic, tp.partition) for tp in tails}
+        while pending:
+            if time.monotonic() > deadline:
+                raise EraseError(f"could not read the last records of {sorted(pending)[:4]}")
+            for m in c.consume(1000, 0.2):
+                topic, part, offset = m.topic(), m.partition(), m.offset()
+                if m.error() is None and topic is not None and part is not None and offset is not None:
+                    out[(topic, part)] = max(out[(topic, part)], offset + 1)
+                    pending.discard((topic, part))
+        c.unassign()
         return out
 
     def behind(self, group: str, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
@@ -92,10 +110,8 @@ class _Offsets:
             return {}
         left = {}
         for tp in self._consumer(group).committed(wanted, timeout=10):
-            done = tp.offset if tp.offset >= 0 else 0
-            high = ends[(tp.topic, tp.partition)]
-            if done < high:
-                left[(tp.topic, tp.partition)] = high - done
+            if n := lag_records(ends[(tp.topic, tp.partition)], tp.offset):
+                left[(tp.topic, tp.partition)] = n
         return left
 
     def close(self) -> None:
@@ -116,11 +132,11 @@ def _wait(offsets: _Offsets, group: str, ends: dict[tuple[str, int], int], deadl
 def drain(settings: Settings, offsets: _Offsets, deadline: float) -> int:
     """Wait until nothing ingested before now is still on its way through the workers; return the
     rounds it took (see the module doc)."""
-    _wait(offsets, settings.group("ingest"), offsets.ends((RAW,)), deadline, "ingest")
+    _wait(offsets, settings.group("ingest"), offsets.ends((RAW,), deadline), deadline, "ingest")
     group = settings.topic_prefix  # the Faust app id names the workers' group
     previous: dict[tuple[str, int], int] | None = None
     for round_ in range(1, DRAIN_ROUNDS + 1):
-        ends = offsets.ends(WORKER_INPUTS)
+        ends = offsets.ends(WORKER_INPUTS, deadline)
         if ends == previous:
             return round_ - 1
         _wait(offsets, group, ends, deadline, "workers")
@@ -163,7 +179,7 @@ def erase(settings: Settings, identifier: str, reason: str = "", timeout_s: floa
         progress(f"suppressed {stored.split(':', 1)[0]}:… (request {request_id})")
         rounds = drain(settings, offsets, deadline)
         progress(f"pipeline drained ({rounds} rounds)")
-        _wait(offsets, settings.group("sink"), offsets.ends((IDENTITY_ASSIGNMENTS,)), deadline, "sink")
+        _wait(offsets, settings.group("sink"), offsets.ends((IDENTITY_ASSIGNMENTS,), deadline), deadline, "sink")
         found = lookup(query, stored)
         ids = sorted({stored, *(found["identifiers"] if found else [])})
         persons = persons_of(ids)

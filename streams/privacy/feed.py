@@ -13,9 +13,10 @@ import logging
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from streams import avro
+from streams.kafka import clients
 from streams.privacy.core import Suppressions
 from streams.settings import Settings
 from streams.topics import PRIVACY_ERASURES
@@ -28,12 +29,8 @@ class SuppressionFeed:
         self.suppressions = suppressions
         self.topic = PRIVACY_ERASURES.name(settings)
         self.position = 0  # next offset to read
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"{settings.group('suppressions')}-{uuid.uuid4().hex[:8]}",  # never joined, never committed
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        })
+        # assigned, never joined, never committed
+        self.consumer = clients.consumer(settings, f"{settings.group('suppressions')}-{uuid.uuid4().hex[:8]}")
         self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
 
     def refresh(self, timeout_s: float = 10.0) -> None:

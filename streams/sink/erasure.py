@@ -54,6 +54,7 @@ PERSON_TABLES: tuple[str, ...] = (
     "identity_assignments", "identity_changes",
 )
 IDENTIFIER_TABLE, IDENTIFIER_COLUMN = "identity_assignments", "identifier"  # rows keyed by an identifier
+DELETED_COLUMN = "is_deleted"  # 1 on a tombstone row (streams/sink/rows.py)
 # Columns naming one person, and Array(String) columns naming several, in any sink table.
 PERSON_COLUMNS = ("person_id", "from_person", "into_person")
 PERSON_ARRAY_COLUMNS = ("into_persons",)
@@ -98,7 +99,7 @@ def where(table: str, persons: Iterable[str], identifiers: Iterable[str] = ()) -
 
 def tombstones_statement() -> str:
     """The identifiers of identity_assignments' tombstones, to be hashed and matched against a request's."""
-    return f"SELECT DISTINCT {IDENTIFIER_COLUMN} FROM {IDENTIFIER_TABLE} WHERE is_deleted = 1"
+    return f"SELECT DISTINCT {IDENTIFIER_COLUMN} FROM {IDENTIFIER_TABLE} WHERE {DELETED_COLUMN} = 1"
 
 
 def count_statement(table: str, condition: str) -> str:
@@ -157,7 +158,8 @@ class Erased:
         return sorted(i for i in identifiers if key(i) in wanted)
 
     def keep(self, columns: list[str], rows: list[list[Any]]) -> list[list[Any]]:
-        """``rows`` (of a table with ``columns``) without those of an erased person."""
+        """``rows`` (of a table with ``columns``) without those of an erased person or identifier
+        (tombstones name no person: they are matched by the identifier's salted hash)."""
         if not self.persons:
             return rows
         single = [i for i, c in enumerate(columns) if c in PERSON_COLUMNS]

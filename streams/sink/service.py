@@ -31,7 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, TopicPartition
@@ -113,10 +113,13 @@ class ClickHouseWriter:
             found.update(r[0] for r in self._run(look_up({**params, "keys": keys[i:i + LOOKUP_CHUNK]})))
         return found
 
+    def _rows(self, sql: str) -> list[Any]:
+        """The rows of a query."""
+        return self._run(lambda c: c.query(sql).result_rows)
+
     def count(self, table: str, where: str) -> int:
         """Rows of ``table`` matching ``where`` (every stored version)."""
-        sql = erasure.count_statement(table, where)
-        return int(self._run(lambda c: c.query(sql).result_rows[0][0]))
+        return int(self._rows(erasure.count_statement(table, where))[0][0])
 
     def delete(self, table: str, where: str) -> None:
         """Delete ``table``'s rows matching ``where``; returns once no replica holds them."""
@@ -126,11 +129,11 @@ class ClickHouseWriter:
     def erasures(self) -> list[tuple[str, list[str], list[str]]]:
         """(request id, persons, identifier hashes) of every audited erasure."""
         sql = f"SELECT request_id, persons, identifier_hashes FROM {AUDIT_TABLE}"
-        return [(r[0], list(r[1]), list(r[2])) for r in self._run(lambda c: c.query(sql).result_rows)]
+        return [(r[0], list(r[1]), list(r[2])) for r in self._rows(sql)]
 
     def column(self, sql: str) -> list[Any]:
         """The first column of a query's rows."""
-        return [r[0] for r in self._run(lambda c: c.query(sql).result_rows)]
+        return [r[0] for r in self._rows(sql)]
 
     def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """A read-only query (ClickHouse refuses writes under readonly=1)."""
@@ -159,18 +162,9 @@ class FailingWriter:
     def stored_keys(self, table: Table, keys: list[str], time_range: tuple[Any, Any] | None) -> set[Any]:
         return self.inner.stored_keys(table, keys, time_range)
 
-    def count(self, table: str, where: str) -> int:
-        return self.inner.count(table, where)
-
     def delete(self, table: str, where: str) -> None:
         self._fail()
         self.inner.delete(table, where)
-
-    def erasures(self) -> list[tuple[str, list[str], list[str]]]:
-        return self.inner.erasures()
-
-    def column(self, sql: str) -> list[Any]:
-        return self.inner.column(sql)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -223,6 +217,7 @@ class Sink:
         self.by_topic = {spec.name(settings): table for spec, table in TABLES.items()}
         self.erasure_topic = PRIVACY_ERASURES.name(settings)
         self.erased: Erased | None = None  # the writer thread's, read from the audit table before the first write
+        self._key_resolved = False  # whether the identifier key was looked up (once, when first needed)
 
     def run(self) -> None:
         s = self.settings
@@ -283,31 +278,38 @@ class Sink:
                 batch.rows[table].append(row)
                 batch.size += 1
             return
-        try:
-            _, record = avro.decode(value)
-        except avro.WireFormatError as exc:
-            log.error("skipping undecodable record %s/%d/%d: %s", m.topic(), m.partition(), m.offset(), exc)
+        record = self._decode(m, "record")
+        if record is None:
             return
         batch.rows[table].append(table.build(record, m.offset()))
         batch.size += 1
+
+    @staticmethod
+    def _decode(m: Any, what: str) -> Any:
+        """The decoded value of ``m``, or None (logged) when it does not decode."""
+        try:
+            _, record = avro.decode(m.value())
+        except avro.WireFormatError as exc:
+            log.error("skipping undecodable %s %s/%d/%d: %s", what, m.topic(), m.partition(), m.offset(), exc)
+            return None
+        return record
 
     def _add_erasure(self, batch: Batch, m: Any) -> None:
         """A privacy.erasures record: kind erase is handled when its batch is written; suppress
         is ingest's (its offset is committed with the batch)."""
         if m.value() is None:
             return
-        try:
-            _, record = avro.decode(m.value())
-        except avro.WireFormatError as exc:
-            log.error("skipping undecodable erasure %s/%d/%d: %s", m.topic(), m.partition(), m.offset(), exc)
+        record = self._decode(m, "erasure")
+        if record is None:
             return
         e = erasure.erasure_of(record)
         if e is not None:
             batch.erasures.append(e)
             batch.size += 1
 
-    def _retry(self, label: str, fn: Callable[[], Any]) -> Any:
-        """``fn()``, retried with backoff until it succeeds (a few tries once stopping)."""
+    def _retry(self, label: str, fn: Callable[[], Any], what: str = "") -> Any:
+        """``fn()``, retried with backoff until it succeeds (a few tries once stopping); failures and
+        retries are counted under ``label``, logged as ``what`` (default: ``label``)."""
         attempt = 0
         while True:
             try:
@@ -317,7 +319,7 @@ class Sink:
                 attempt += 1
                 if self.stop_event.is_set() and attempt > 3:
                     raise
-                log.warning("%s failed (attempt %d), retrying: %s", label, attempt, exc)
+                log.warning("%s failed (attempt %d), retrying: %s", what or label, attempt, exc)
                 metrics.SINK_RETRIES.labels(label).inc()
                 self.retry_sleep(min(0.1 * 2**attempt, 5.0))
 
@@ -328,12 +330,14 @@ class Sink:
 
     def _identifier_key(self) -> Callable[[str], str] | None:
         """How ``touchline erase`` hashes an identifier (its suppression key), once this installation
-        has an identifier salt (read when needed: the workers may create it after the sink started)."""
+        has an identifier salt. Looked up once, when the first erased identifier hash is held (not at
+        start: the workers may create the salt after the sink started; a hash implies a salt by then)."""
         from streams.deadletter.sealing import configured_salt
         from streams.privacy.core import suppression_key
 
         salt = configured_salt(self.settings)
-        return None if salt is None else partial(suppression_key, salt=salt)
+        # memoised: every identity_assignments tombstone is hashed while any identifier is erased
+        return None if salt is None else lru_cache(maxsize=1 << 16)(partial(suppression_key, salt=salt))
 
     def _write(self, batch: Batch) -> None:
         if self.erased is None:
@@ -341,8 +345,8 @@ class Sink:
         erased = self.erased
         for e in batch.erasures:  # the batch's own rows of these persons are not written either
             erased.add(e)
-        if erased.hashes and erased.identifier_key is None:
-            erased.identifier_key = self._identifier_key()
+        if erased.hashes and not self._key_resolved:
+            erased.identifier_key, self._key_resolved = self._identifier_key(), True
         for table, rows in batch.rows.items():
             kept = erased.keep(table.columns, rows)
             if len(kept) < len(rows):
@@ -354,17 +358,18 @@ class Sink:
             if e.request_id in erased.requests:
                 log.info("erasure %s is audited already: nothing more to delete", e.request_id)
                 continue
-            self._retry(AUDIT_TABLE, partial(self._erase, e))
+            self._retry(AUDIT_TABLE, partial(self._erase, e, erased))
             erased.requests.add(e.request_id)
 
-    def _erase(self, e: Erasure) -> None:
+    def _erase(self, e: Erasure, erased: Erased) -> None:
         """Count, delete, then audit (the audit row last: whoever sees it sees no erased row).
         Retried whole: a second pass counts what the first left, and the audit row is written once."""
         counts: dict[str, int] = {}
         if e.persons:
-            tombstones = erasure.tombstones_statement()
-            identifiers = self.erased.erased_identifiers(self.writer.column(tombstones), e.identifier_hashes) \
-                if self.erased is not None and e.identifier_hashes else []
+            identifiers = []  # the stored tombstones of the request's identifiers (none to match without a key)
+            if e.identifier_hashes and erased.identifier_key is not None:
+                stored = self.writer.column(erasure.tombstones_statement())
+                identifiers = erased.erased_identifiers(stored, e.identifier_hashes)
             for table in PERSON_TABLES:
                 where = erasure.where(table, e.persons, identifiers)
                 counts[table] = self.writer.count(table, where)
@@ -376,24 +381,19 @@ class Sink:
     def _insert(self, table: Table, rows: list[list[Any]]) -> list[list[Any]]:
         """Insert ``rows`` (the new ones of an insert-once table), retried until ClickHouse takes them;
         returns the rows inserted."""
-        attempt = 0
-        while True:
-            started = time.perf_counter()
-            try:
-                todo = rows
-                if table.insert_once:
-                    todo = new_rows(table, rows, partial(self.writer.stored_keys, table))
-                if todo:
-                    self.writer.insert(table.name, table.columns, todo)
-                break
-            except Exception as exc:
-                metrics.SINK_FAILURES.labels(table.name).inc()
-                attempt += 1
-                if self.stop_event.is_set() and attempt > 3:
-                    raise
-                log.warning("insert into %s failed (attempt %d), retrying: %s", table.name, attempt, exc)
-                metrics.SINK_RETRIES.labels(table.name).inc()
-                self.retry_sleep(min(0.1 * 2**attempt, 5.0))
+        started = 0.0
+
+        def attempt() -> list[list[Any]]:
+            nonlocal started
+            started = time.perf_counter()  # the seconds metric times the attempt that succeeded
+            todo = rows
+            if table.insert_once:
+                todo = new_rows(table, rows, partial(self.writer.stored_keys, table))
+            if todo:
+                self.writer.insert(table.name, table.columns, todo)
+            return todo
+
+        todo: list[list[Any]] = self._retry(table.name, attempt, f"insert into {table.name}")
         metrics.SINK_INSERT_SECONDS.labels(table.name).observe(time.perf_counter() - started)
         metrics.SINK_BATCH_ROWS.labels(table.name).observe(len(todo))
         metrics.SINK_ROWS.labels(table.name).inc(len(todo))
