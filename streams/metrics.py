@@ -50,6 +50,8 @@ IDENTITY_GRAPH_CHANGES = Counter(
     "(an identifier found to be shared)", ["kind"],
 )
 FEATURE_UPDATES = Counter("touchline_feature_updates_total", "Person feature snapshots written")
+REFIT_SWEPT = Counter("touchline_feature_refit_swept_total",
+                      "Persons snapshotted again because the purchase-model parameters changed (a refit)")
 TRIGGERS_FIRED = Counter("touchline_triggers_fired_total", "Trigger records published on triggers.fired: final decisions (fire, holdout, suppressed)",
     ["rule"],
 )

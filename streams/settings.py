@@ -101,7 +101,7 @@ class Settings:
     # attempts fail as if ClickHouse were down (0 in production).
     sink_fault_failed_inserts: int = 0
     # Analytics
-    reporting_timezone: str = "Asia/Shanghai"  # days and hours of every KPI
+    reporting_timezone: str = "Asia/Shanghai"  # days and hours of every KPI; the purchase model's days
     # Processes
     worker_id: int = 0
     web_port: int = 6066  # Faust web (and /metrics) of worker N is web_port + N
@@ -177,9 +177,10 @@ class Settings:
         from streams.features.config import FeatureSettings
 
         try:
-            return FeatureSettings(**{f.name: getattr(self, f"feature_{f.name}") for f in fields(FeatureSettings)})
+            return FeatureSettings(**{f.name: getattr(self, f"feature_{f.name}") for f in fields(FeatureSettings)
+                                      if f.name != "day_zone"}, day_zone=self.reporting_timezone)
         except ValueError as exc:
-            raise SettingsError(f"{ENV_PREFIX}FEATURE_*: {exc}") from None
+            raise SettingsError(f"{ENV_PREFIX}FEATURE_* or {ENV_PREFIX}REPORTING_TIMEZONE: {exc}") from None
 
     def purchase_model(self, clock: Any) -> Any:
         """The BG/NBD parameters of TOUCHLINE_PURCHASE_MODEL_PARAMS, read now and re-read when the

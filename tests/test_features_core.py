@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from datetime import date
 from typing import Any
 
 import pytest
@@ -621,10 +622,10 @@ def test_purchase_model_outlook_by_hand() -> None:
     events = [order("o1", day0 + 1 * HOUR, 10.0), order("o2", day0 + 15 * HOUR, 20.0),
               order("o3", day0 + 14 * DAY + HOUR, 5.0), order("o4", day0 + 28 * DAY, 7.0)]
     state = built(events)
-    base_day = profile._day(day0)
+    base_day = profile.purchase_day(day0)
     assert bgnbd.PurchaseDays.from_json(state["purchases"]).inputs(base_day + 100) == bgnbd.Inputs(2, 4.0, 100 / 7)
     got = profile.purchase_outlook(state["purchases"], NOW, CDNOW)
-    inputs = bgnbd.Inputs(2, 4.0, (profile._day(NOW) - base_day) / 7)
+    inputs = bgnbd.Inputs(2, 4.0, (profile.purchase_day(NOW) - base_day) / 7)
     assert got["p_alive"] == bgnbd.p_alive(CDNOW, inputs) and 0 < got["p_alive"] < 1
     assert got["expected_purchases_30d"] == bgnbd.conditional_expected(CDNOW, inputs, 30 / 7)
     assert got["next_purchase_ms"] == day0 + 42 * DAY
@@ -634,6 +635,43 @@ def test_purchase_model_outlook_by_hand() -> None:
     one = profile.purchase_outlook(built(events[:2])["purchases"], NOW, CDNOW)
     assert one["p_alive"] == 1.0 and one["next_purchase_ms"] is None  # x = 0: never seen to drop out
     assert profile.purchase_outlook(built([page("p", BASE)])["purchases"], NOW, CDNOW)["p_alive"] is None
+
+
+SHANGHAI = FeatureSettings(day_zone="Asia/Shanghai")
+
+
+def test_purchase_days_are_calendar_days_of_the_reporting_zone() -> None:
+    """Orders at 20:00 UTC and 02:00 UTC the next day are one Shanghai day (04:00 and 10:00
+    local) but two UTC days; an order at 17:00 UTC is the next Shanghai day already. The
+    expected next purchase is the Shanghai midnight that starts its day."""
+    day0 = BASE - BASE % DAY  # midnight UTC
+    events = [order("o1", day0 + 20 * HOUR, 10.0), order("o2", day0 + DAY + 2 * HOUR, 10.0),
+              order("o3", day0 + 9 * DAY + 17 * HOUR, 10.0)]
+    utc = bgnbd.PurchaseDays.from_json(built(events)["purchases"])
+    local = bgnbd.PurchaseDays.from_json(built(events, SHANGHAI)["purchases"])
+    first = profile.purchase_day(day0 + 20 * HOUR, "Asia/Shanghai")
+    assert first == profile.purchase_day(day0, "UTC") + 1
+    assert local.inputs(first + 10) == bgnbd.Inputs(1, 9 / 7, 10 / 7)  # days first and first + 9
+    assert utc.inputs(first + 10) == bgnbd.Inputs(2, 9 / 7, 11 / 7)  # days first - 1, first and first + 9
+    got = profile.purchase_outlook(built(events, SHANGHAI)["purchases"], NOW, None, "Asia/Shanghai")
+    assert got["next_purchase_ms"] == day0 + 19 * DAY - 8 * HOUR  # day first + 18 (UTC day0 + 19), 00:00 at +08:00
+    with pytest.raises(ValueError, match="time zone"):
+        FeatureSettings(day_zone="Mars/Olympus")
+
+
+@settings(max_examples=30, deadline=None)
+@given(times=st.lists(st.integers(946_684_800_000, 4_102_444_800_000), min_size=1, max_size=40),
+       zone=st.sampled_from(["UTC", "Asia/Shanghai", "America/New_York", "Europe/Berlin", "Asia/Kolkata"]))
+def test_purchase_days_match_the_fit_reading_clickhouse(times: list[int], zone: str) -> None:
+    """The stream's day of an order is the day ``touchline fit-purchase-model --source clickhouse``
+    reads for it (``toDate(event_time, zone)``, fit_cli.clickhouse_orders), DST zones too,
+    for order times from 2000 to 2100 (ClickHouse Date starts at 1970-01-01 in every zone)."""
+    chdb = pytest.importorskip("chdb")
+    values = ",".join(f"({t})" for t in times)
+    got = chdb.query(f"SELECT toString(toDate(fromUnixTimestamp64Milli(toInt64(t), 'UTC'), '{zone}')) "
+                     f"FROM values('t Int64', {values})", "CSV").data()
+    days = [date.fromisoformat(line.strip('"')).toordinal() for line in got.split()]
+    assert days == [profile.purchase_day(t, zone) for t in times]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,7 +4,8 @@ A scripted member journey moves through segments -- new, then active and high-fr
 then at risk when stream time alone moves on -- and each step shows on the compacted
 ``members.features`` topic and in the profile lookup (ClickHouse ``member_snapshots``).
 A refit replaces the purchase model's params file while the workers run: the next
-snapshots carry P(alive) and expected purchases of the new parameters.
+snapshots carry P(alive) and expected purchases of the new parameters, and persons with
+no event after the refit are published again with them.
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ def test_a_journey_moves_through_segments_on_the_topic_and_in_the_lookup(stack_f
 
 
 FIRST, REFIT = bgnbd.Params(r=0.25, alpha=4.0, a=0.8, b=2.4), bgnbd.Params(r=1.0, alpha=0.5, a=2.0, b=1.0)
-DAY_N = T0 - T0 % DAY + DAY  # midnight UTC: purchase days are UTC days
+DAY_N = T0 - T0 % DAY + DAY  # midnight UTC; purchase days are Asia/Shanghai days (the reporting zone)
+LOCAL = 8 * HOUR  # Asia/Shanghai is UTC+8 all year
 
 
 def _write_params(path: Path, params: bgnbd.Params) -> None:
@@ -154,18 +156,24 @@ def _write_params(path: Path, params: bgnbd.Params) -> None:
 
 
 def test_a_refit_is_picked_up_by_running_workers(stack_factory, tmp_path: Path) -> None:
-    """Four members, one per person-ops partition (so both workers take part), order on UTC days N
-    and N + 2; then the params file is replaced and each visits on day N + 6. Each published value
-    is the closed form at the record's own inputs: x = 1, t_x = 2/7 and T to its as_of day."""
+    """Eight members, two per person-ops partition (so both workers take part), order on days N
+    and N + 2 (09:00 in Shanghai); then the params file is replaced and one member of each
+    partition visits on day N + 6. Each published value is the closed form at the record's own
+    inputs: x = 1, t_x = 2/7 and T to its as_of day. The quiet members, with no event after the
+    refit, are published again with the new parameters too (the refit sweep)."""
     params = tmp_path / "params.json"
     _write_params(params, FIRST)
     stack = stack_factory(workers=2, sink=False, purchase_model_params=str(params), purchase_model_check_s=0.0)
     n = stack.settings.partitions
     members: dict[int, str] = {}
+    quiet: dict[int, str] = {}
     for i in range(200):
-        members.setdefault(partition_for(person_id_for(f"member_id:M-refit-{i}"), n), f"M-refit-{i}")
-    assert len(members) == n
-    persons = {person_id_for(f"member_id:{m}"): m for m in members.values()}
+        part = partition_for(person_id_for(f"member_id:M-refit-{i}"), n)
+        if part in members:
+            quiet.setdefault(part, f"M-refit-{i}")
+        members.setdefault(part, f"M-refit-{i}")
+    assert len(members) == len(quiet) == n
+    persons = {person_id_for(f"member_id:{m}"): m for m in [*members.values(), *quiet.values()]}
     snapshots = Snapshots(stack.settings)
 
     def latest_where(fits: Callable[[dict[str, Any]], bool]) -> Callable[[], dict[str, dict[str, Any]] | None]:
@@ -187,25 +195,30 @@ def test_a_refit_is_picked_up_by_running_workers(stack_factory, tmp_path: Path) 
         stack.produce([encoded(touchpoint(f"{m}-o{d}", "order_completed", DAY_N + d * DAY + HOUR, "store_pos",
                                           identifiers={"member_id": m},
                                           properties={"order_id": f"{m}-{d}", "revenue": 100.0}))
-                       for m in members.values() for d in (0, 2)])
+                       for m in [*members.values(), *quiet.values()] for d in (0, 2)])
         stack.tick(DAY_N + 2 * DAY + 2 * HOUR)
         before = _until("both orders with the first parameters", latest_where(lambda r: r["orders_total"] == 2), seen)
         want = outlook(FIRST, 2)
         for rec in before.values():
             assert (rec["as_of_ms"] - DAY_N) // DAY == 2  # T = t_x = 2/7
             assert (rec["p_alive"], rec["expected_purchases_30d"]) == want
-            assert rec["next_purchase_ms"] == DAY_N + 4 * DAY  # day N + 2 plus the 2-day interval
+            assert rec["next_purchase_ms"] == DAY_N + 4 * DAY - LOCAL  # day N + 2 plus 2 days, 00:00 Shanghai
 
         _write_params(params, REFIT)  # a refit, while the workers run
         stack.produce([encoded(touchpoint(f"{m}-v", "page_viewed", DAY_N + 6 * DAY + HOUR,
                                           identifiers={"member_id": m})) for m in members.values()])
         stack.tick(DAY_N + 6 * DAY + 2 * HOUR)
-        after = _until("the visit with the refit's parameters",
-                       latest_where(lambda r: r["last_seen_ms"] == DAY_N + 6 * DAY + HOUR), seen)
+        visitors = {person_id_for(f"member_id:{m}") for m in members.values()}
+        after = _until("the visit, and the quiet members, with the refit's parameters",
+                       latest_where(lambda r: r["last_seen_ms"] == DAY_N + 6 * DAY + HOUR if r["person_id"] in visitors
+                                    else r["p_alive"] == outlook(REFIT, (r["as_of_ms"] + LOCAL - DAY_N) // DAY)[0]),
+                       seen)
         want, stale = outlook(REFIT, 6), outlook(FIRST, 6)
         assert want[0] != stale[0] and want[1] != stale[1]
-        for rec in after.values():
-            assert (rec["as_of_ms"] - DAY_N) // DAY == 6  # T = 6/7
-            assert (rec["p_alive"], rec["expected_purchases_30d"]) == want
+        for person, rec in after.items():
+            day = (rec["as_of_ms"] + LOCAL - DAY_N) // DAY
+            assert day == 6 if person in visitors else day >= 2  # T = 6/7; the sweep's own stream time
+            assert (rec["p_alive"], rec["expected_purchases_30d"]) == outlook(REFIT, day)
+            assert rec["orders_total"] == 2 and rec["next_purchase_ms"] == DAY_N + 4 * DAY - LOCAL
     finally:
         snapshots.close()

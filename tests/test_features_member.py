@@ -123,8 +123,10 @@ def test_feature_settings_come_from_the_environment() -> None:
                            "TOUCHLINE_FEATURE_SHIFT_THRESHOLD": "0.3"})
     cfg = s.feature_settings()
     assert (cfg.at_risk_days, cfg.grid_window, cfg.shift_threshold) == (14, "30d", 0.3)
-    assert Settings().feature_settings() == FeatureSettings()
-    every = {f"feature_{name}" for name in FeatureSettings.__dataclass_fields__}
+    # the purchase model's days are the reporting zone's (the one knob for days everywhere)
+    assert Settings().feature_settings() == FeatureSettings(day_zone="Asia/Shanghai")
+    assert Settings.from_env({"TOUCHLINE_REPORTING_TIMEZONE": "UTC"}).feature_settings() == FeatureSettings()
+    every = {f"feature_{name}" for name in FeatureSettings.__dataclass_fields__} - {"feature_day_zone"}
     assert every <= set(Settings.__dataclass_fields__)  # each knob has its TOUCHLINE_FEATURE_* setting
 
 
@@ -213,3 +215,39 @@ def test_the_city_store_is_published_and_a_store_opening_shows_at_the_next_snaps
         "Shanghai", "S-SH-9", T0 + 2 * DAY_MS)
     assert avro.decode_as(avro.MEMBER_FEATURES, avro.encode(avro.MEMBER_FEATURES, opened)) == opened
     assert member.refresh(e, T0 + 2 * DAY_MS + 60_000, CFG, None, [SHOP]) is None  # nothing new
+
+
+def test_a_refit_sweep_takes_each_stale_person_of_the_partition_once_in_bounded_batches() -> None:
+    """Buyers snapshotted with HAND are stale once REFIT is loaded; browsers (no order, no
+    outlook) and other partitions' persons never are. A sweep of per_batch 2 takes 5 stale
+    buyers in 3 batches; persons snapshotted by their own events meanwhile are skipped; a new
+    sweep starts when the parameters change again, and a restarted worker (a fresh sweep over
+    the same table) finds only those the first sweep had not reached."""
+    refit = bgnbd.Params(r=0.5, alpha=2.0, a=1.5, b=3.0)
+    now = DAY_N + 14 * DAY_MS
+    table: dict[str, dict[str, Any]] = {}
+    for i in range(5):
+        table[f"p-buyer-{i}"] = two_order_days()
+    table["p-browser"] = entry_of("p-browser", [enriched("v", "page_viewed", DAY_N)])
+    table["p-elsewhere"] = {**two_order_days(), "partition": 1}
+    for e in table.values():
+        member.refresh(e, now, CFG, HAND)
+    old, new = member.model_mark(HAND), member.model_mark(refit)
+    sweep = member.RefitSweep(table, per_batch=2)
+    assert sweep.hold(0, old, {}, set()) == [] and sweep.left(0) == 0  # nothing stale for HAND
+
+    held: dict[str, Any] = {}
+    first = sweep.hold(0, new, held, set())
+    assert len(first) == 2 and set(held) == set(first) and sweep.left(0) == 3
+    for person in first:
+        assert member.refresh(held[person], now + 60_000, CFG, refit)["p_alive"] == bgnbd.p_alive(  # type: ignore[index]
+            refit, bgnbd.Inputs(1, 1.0, 2.0))
+    touched = next(p for p in sorted(table) if p.startswith("p-buyer") and p not in first)
+    member.refresh(table[touched], now + 60_000, CFG, refit)  # its own event came first
+    restarted = member.RefitSweep(table, per_batch=2)
+    assert sorted(restarted.hold(0, new, {}, set()) + restarted.hold(0, new, {}, set())) == sorted(
+        p for p in table if p.startswith("p-buyer") and p not in first and p != touched)
+    rest = sweep.hold(0, new, {}, {"p-buyer-0"}) + sweep.hold(0, new, {}, set())  # p-buyer-0 merged away
+    assert touched not in rest and "p-buyer-0" not in rest and sweep.left(0) == 0
+    assert sweep.hold(1, new, {}, set()) == ["p-elsewhere"]
+    assert sweep.hold(0, member.model_mark(HAND), {}, set()) != []  # parameters changed back: sweep again

@@ -7,7 +7,8 @@ test clock to a time T and waits until the triggers stage has applied it, then p
 later than T and earlier than the next step's time, and waits until identity has them before the
 next tick (so a snapshot taken for an event is as of that event, not of the tick after it). Past
 the last event stream time moves a week at most at a time and stops at every lifecycle boundary,
-as a running clock would: one jump across a boundary snapshots the person at the jump. Times are UTC: U is 2026-11-01 00:00 UTC, and
+as a running clock would: one jump across a boundary snapshots the person at the jump. Times are UTC, and
+so is the reporting zone (purchase days are its days): U is 2026-11-01 00:00 UTC, and
 all members' devices are in Los Angeles (16:00 there), so no decision falls in quiet hours.
 
 When the rules are looked at. Neither rule has start events: the engine evaluates them on each
@@ -79,7 +80,8 @@ def test_hand_worked_p_alive_is_the_closed_form() -> None:
 def test_repurchase_due_and_win_back_on_one_timeline(stack_factory, tmp_path: Path) -> None:
     params = tmp_path / "params.json"
     params.write_text(bgnbd.FittedModel(MODEL, date(2026, 10, 31), 4, 0.0, 0.0).to_json())
-    stack = stack_factory(workers=2, sink=False, purchase_model_params=str(params))
+    # purchase days in UTC (the reporting zone's days), so the timeline's midnights are theirs
+    stack = stack_factory(workers=2, sink=False, purchase_model_params=str(params), reporting_timezone="UTC")
 
     regular, fading = Member("MR1", zone=LA), Member("MR2", zone=LA)  # repurchase due; P(alive) too low
     valuable, small = Member("MW1", zone=LA), Member("MW2", zone=LA)  # 2,400 in all, quiet; 300, quiet

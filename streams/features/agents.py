@@ -13,7 +13,9 @@ the BG/NBD parameters of TOUCHLINE_PURCHASE_MODEL_PARAMS as loaded when the batc
 is processed (streams/features/purchase_model.py: looked at again on the worker's
 clock, so a refit is picked up without a restart), and the person's city store from
 the store reference table as this worker holds it when the batch is processed
-(``p.reference``; a store opening reaches a person with their next snapshot).
+(``p.reference``; a store opening reaches a person with their next snapshot). After a
+refit, persons with an order whose published outlook is of older parameters are swept
+into the following batches (member.RefitSweep) and published again.
 
 The batch goes on to internal.featured (sessions, triggers) with the snapshots
 published after it appended as ``features`` ops.
@@ -49,6 +51,9 @@ def register(p: Pipeline) -> None:
     # which persons to look at when time moves: those with a lifecycle boundary ahead, by when
     index = streamtime.DueIndex(table, lambda entry: member.next_due(entry, cfg))
     p.on_revoked(index.forget)
+    # after a refit, the persons whose published purchase outlook is of older parameters
+    sweep = member.RefitSweep(table)
+    p.on_revoked(sweep.forget)
 
     @p.app.agent(ops_topic, name="features")
     async def features(stream: Any) -> None:
@@ -62,13 +67,14 @@ def register(p: Pipeline) -> None:
             _apply(batch, entries, cfg)
             gone = entries.gone
             index.hold_due(part, stream_time, entries, gone)
+            model = purchase_model.params()
+            metrics.REFIT_SWEPT.inc(len(sweep.hold(part, member.model_mark(model), entries, gone)))
             sends: list[tuple[Any, bytes | None, bytes | None, int | None]] = [
                 (ops_topic, None, avro.encode(avro.PERSON_BATCH, moved), dest)
                 for dest, moved in entries.move_batches(batch, "move")
             ]
             sends += [(snapshots_topic, person.encode(), None, None) for person in gone]
             snapshots: list[dict[str, Any]] = []
-            model = purchase_model.params()
             stores = p.reference.all("stores") if p.reference is not None else []
             for person, entry in entries.items():
                 rec = member.refresh(entry, stream_time, cfg, model, stores)

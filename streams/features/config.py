@@ -8,6 +8,7 @@ feature state from the events; the segment thresholds only change what ``snapsho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.features.windows import WINDOWS
 
@@ -36,6 +37,10 @@ class FeatureSettings:
     new_days: int = 30  # first seen less than this ago: new
     at_risk_days: int = 30  # nothing for this long: at risk
     lapsed_days: int = 90  # nothing for this long: lapsed
+    # The purchase model's calendar days (several orders on one day count as one transaction):
+    # days in this IANA zone, the reporting zone's (TOUCHLINE_REPORTING_TIMEZONE), so the stream
+    # counts the days `touchline fit-purchase-model` counts
+    day_zone: str = "UTC"
 
     def __post_init__(self) -> None:
         for window in (self.grid_window, self.browse_window):
@@ -47,6 +52,10 @@ class FeatureSettings:
             raise ValueError("need 0 < at_risk_days < lapsed_days")
         if self.interest_depth < 0 or self.max_categories < 1 or self.top_places < 1:
             raise ValueError("interest_depth >= 0, max_categories >= 1 and top_places >= 1")
+        try:
+            ZoneInfo(self.day_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.day_zone!r}") from None
 
 
 DEFAULTS = FeatureSettings()

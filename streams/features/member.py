@@ -14,7 +14,8 @@ itself needs to be replay-safe and quiet:
   know what it merged;
 - ``published`` and ``at``: a hash of the last snapshot published, and the
   stream time the last snapshot was taken at;
-- ``partition``: the person-ops partition, for the due index.
+- ``partition``: the person-ops partition, for the due index;
+- ``model``: the purchase-model parameters of the last snapshot (``model_mark``).
 
 Publishing rule (debounce). A person's snapshot is taken once per batch that
 touches them, after all its ops, and again when stream time reaches the
@@ -26,9 +27,12 @@ a redelivered batch and a repeated absorb publish nothing. Between those
 moments the published windows, days-since figures and purchase outlook are as of
 ``as_of_ms``; a reader wanting them at another time recomputes from the windows' ends.
 P(alive) and the expected purchases are for the BG/NBD parameters the worker has loaded
-when the snapshot is taken (streams/features/purchase_model.py): parameters replaced by a
-refit show in each person's next snapshot (a batch touching them or a lifecycle boundary);
-persons neither touched nor due keep their last published values until then.
+when the snapshot is taken (streams/features/purchase_model.py); ``model`` marks which
+(``model_mark``). After a refit, every person with an order whose last snapshot was taken
+with other parameters gets a snapshot again without waiting for an event of theirs: the
+stage sweeps each partition for them (``RefitSweep``), ``SWEEP_PER_BATCH`` persons per
+batch, so a large partition is re-published over several batches, not in one pause. The
+marks are in the entries, so a worker that restarts mid-sweep finds the persons still left.
 The same holds for ``city_store``: it is chosen from the store reference records the
 worker holds when the snapshot is taken (profile.city_store), so a store that opens
 or closes shows in a person's record only at their next snapshot.
@@ -104,6 +108,7 @@ def refresh(entry: Entry, now_ms: int, cfg: FeatureSettings = DEFAULTS,
     if rec is None:
         return None
     entry["at"] = rec["as_of_ms"]
+    entry["model"] = model_mark(model)
     h = digest(rec)
     if h == entry["published"]:
         return None
@@ -119,3 +124,64 @@ def next_due(entry: Mapping[str, Any], cfg: FeatureSettings = DEFAULTS) -> int |
         return None
     boundaries = (first + cfg.new_days * DAY_MS, last + cfg.at_risk_days * DAY_MS, last + cfg.lapsed_days * DAY_MS)
     return min((b for b in boundaries if b > at), default=None)
+
+
+SWEEP_PER_BATCH = 256  # persons a refit sweep adds to one batch of a partition
+
+
+def model_mark(model: bgnbd.Params | None) -> str | None:
+    """Which purchase-model parameters a snapshot was taken with (None: none loaded)."""
+    return None if model is None else json.dumps(model.as_dict(), sort_keys=True)
+
+
+def stale_outlook(entry: Mapping[str, Any] | None, mark: str | None) -> bool:
+    """Whether the person's published purchase outlook is of parameters other than ``mark``:
+    they have an order (without one there is no outlook to change) and their last snapshot
+    was taken with other parameters."""
+    if not entry:
+        return False
+    return entry["profile"].get("purchases") is not None and entry.get("model") != mark
+
+
+class RefitSweep:
+    """Per partition, the persons still to snapshot again for the loaded parameters.
+
+    ``table`` maps person -> entry (entries carry their ``partition``). When a
+    partition's batch comes with parameters other than those it was last swept for (a
+    refit, or the first batch since start or reassignment), the partition's entries are
+    scanned once for ``stale_outlook`` persons; then each batch takes up to ``per_batch``
+    of them (``hold``). Persons snapshotted meanwhile by their own events are skipped
+    when their turn comes. Call ``forget`` when a partition is revoked."""
+
+    def __init__(self, table: Mapping[str, Any], per_batch: int = SWEEP_PER_BATCH) -> None:
+        self.table = table
+        self.per_batch = per_batch
+        self._todo: dict[int, tuple[str | None, list[str]]] = {}  # partition -> (mark, persons left)
+
+    def forget(self, partition: int) -> None:
+        self._todo.pop(partition, None)
+
+    def left(self, partition: int) -> int:
+        """Persons the partition's sweep has not reached yet."""
+        todo = self._todo.get(partition)
+        return 0 if todo is None else len(todo[1])
+
+    def hold(self, partition: int, mark: str | None, held: dict[str, Any], gone: set[str]) -> list[str]:
+        """Add to ``held`` (the batch's held entries) the next persons of ``partition`` whose
+        outlook is not of ``mark``, persons in ``gone`` aside; return them."""
+        todo = self._todo.get(partition)
+        if todo is None or todo[0] != mark:
+            persons = sorted(p for p, e in self.table.items()
+                             if e and e.get("partition") == partition and stale_outlook(e, mark))
+            todo = self._todo[partition] = (mark, persons)
+        taken: list[str] = []
+        persons = todo[1]
+        while persons and len(taken) < self.per_batch:
+            person = persons.pop()
+            if person in gone:
+                continue
+            current = held[person] if person in held else self.table.get(person)
+            if stale_outlook(current, mark):
+                held[person] = current
+                taken.append(person)
+        return taken

@@ -18,7 +18,8 @@ may depend on order: more than ``max_categories`` categories or more than
 late event lands in the buckets of its event time, and one older than a window
 keeps (relative to the person's newest event) counts only in the lifetime
 features, as if it had come in order and aged out. The purchase model's inputs
-(``purchases``: bgnbd.PurchaseDays of the UTC days with an order) merge exactly
+(``purchases``: bgnbd.PurchaseDays of the days with an order, calendar days in
+``cfg.day_zone``, the reporting zone, as the fit counts them) merge exactly
 too, within its 4,096-day horizon. Replays are the agent's
 concern (streams/redelivery.py keeps its marks under its own key of the state;
 ``apply`` and ``merge`` leave keys they do not own as they are, and ``merge``
@@ -57,6 +58,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from streams.features import bgnbd, interest, segments, windows
 from streams.features.config import DEFAULTS, FeatureSettings
@@ -95,7 +97,7 @@ def empty(person_id: str) -> State:
         "buckets": windows.empty(),
         # lifetime orders: also the purchase model's inputs (first and last purchase)
         "orders": {"count": 0, "revenue_cents": 0, "first_ms": None, "last_ms": None},
-        "purchases": None,  # the purchase model's inputs: bgnbd.PurchaseDays (distinct UTC order days)
+        "purchases": None,  # the purchase model's inputs: bgnbd.PurchaseDays (distinct order days, cfg.day_zone)
         "channels": {},  # channel -> [first seen ms, last seen ms]
         "first_touch": None, "last_touch": None, "referrer": None,  # markers
         "stores": {}, "guides": {},  # id -> [orders, events], the top ``top_places``
@@ -211,7 +213,7 @@ def apply(state: State, enriched: Mapping[str, Any], cfg: FeatureSettings = DEFA
         o["count"] += 1
         o["revenue_cents"] += _cents(p)
         o["first_ms"], o["last_ms"] = _min(o["first_ms"], t), _max(o["last_ms"], t)
-        day = _day(t)
+        day = purchase_day(t, cfg.day_zone)
         days = state.get("purchases")
         state["purchases"] = (bgnbd.PurchaseDays.single(day) if days is None
                               else bgnbd.PurchaseDays.from_json(days).add(day)).to_json()
@@ -279,26 +281,35 @@ def _touch_view(marker: Marker | None) -> dict[str, Any] | None:
     return None if marker is None else {"at_ms": marker[0], "entry": entry(marker[2]), **marker[2]}
 
 
-def _day(t_ms: int) -> int:
-    """The purchase model's day number of an event time: its UTC calendar day (date.toordinal())."""
-    return EPOCH_DAY + t_ms // windows.DAY_MS
+def purchase_day(t_ms: int, zone: str = "UTC") -> int:
+    """The purchase model's day number of an event time: its calendar day in ``zone``
+    (date.toordinal()), as ClickHouse's ``toDate(event_time, zone)`` that the fit reads."""
+    if zone == "UTC":
+        return EPOCH_DAY + t_ms // windows.DAY_MS
+    return datetime.fromtimestamp(t_ms // 1000, ZoneInfo(zone)).toordinal()
+
+
+def day_start_ms(day: int, zone: str = "UTC") -> int:
+    """Epoch ms of the midnight that starts day number ``day`` in ``zone``."""
+    return int(datetime.combine(date.fromordinal(day), time(), ZoneInfo(zone)).timestamp()) * 1000
 
 
 def purchase_outlook(days: Mapping[str, Any] | None, now_ms: int,
-                     model: bgnbd.Params | None) -> dict[str, Any]:
+                     model: bgnbd.Params | None, zone: str = "UTC") -> dict[str, Any]:
     """The purchase model's view of a person at ``now_ms`` (published in every snapshot): P(alive)
     and the expected purchases in the next 30 days (BG/NBD, for the loaded parameters; None without
     parameters or before a first order) and the expected next purchase (last purchase day plus the
-    mean interval, midnight UTC of that day; None before a second purchase day)."""
+    mean interval, the midnight starting that day in ``zone``, the zone of the days; None before a
+    second purchase day)."""
     out: dict[str, Any] = {"p_alive": None, "expected_purchases_30d": None, "next_purchase_ms": None}
     if days is None:
         return out
     state = bgnbd.PurchaseDays.from_json(days)
     nxt = state.next_purchase_day()
     if nxt is not None:
-        out["next_purchase_ms"] = (nxt - EPOCH_DAY) * windows.DAY_MS
+        out["next_purchase_ms"] = day_start_ms(nxt, zone)
     if model is not None:
-        inputs = state.inputs(max(_day(now_ms), state.last))
+        inputs = state.inputs(max(purchase_day(now_ms, zone), state.last))
         out["p_alive"] = bgnbd.p_alive(model, inputs)
         out["expected_purchases_30d"] = bgnbd.conditional_expected(model, inputs, 30 / bgnbd.DAYS_PER_WEEK)
     return out
@@ -372,7 +383,7 @@ def snapshot(state: State, now_ms: int, cfg: FeatureSettings = DEFAULTS,
         "consent": consent, "reachable": reach,
         "preferred_channel": segments.preferred_channel(reach, state["engaged"]),
     }
-    out |= purchase_outlook(state.get("purchases"), now, model)
+    out |= purchase_outlook(state.get("purchases"), now, model, cfg.day_zone)
     city = state.get("city")
     out["city"] = city and city[1]
     out["city_store"], out["city_store_opened_ms"] = city_store(stores, out["city"], out["home_store"], now)
