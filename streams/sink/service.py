@@ -224,6 +224,8 @@ class Sink:
         consumer = clients.consumer(s, s.group("sink"), **{"client.id": "touchline-sink"})
         consumer.subscribe([*self.by_topic, self.erasure_topic])
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-writer")
+        executor.submit(self._warm_up)  # runs before the first write (one writer thread)
+        avro.preload()
         in_flight: tuple[Future[None], Batch] | None = None
         batch = Batch()
         last_cut = self.clock.now_ms()
@@ -322,6 +324,17 @@ class Sink:
                 log.warning("%s failed (attempt %d), retrying: %s", what or label, attempt, exc)
                 metrics.SINK_RETRIES.labels(label).inc()
                 self.retry_sleep(min(0.1 * 2**attempt, 5.0))
+
+    def _warm_up(self) -> None:
+        """At start, not on the first batch: connect, apply the migrations and read the audit table
+        (retried like a write), and import pandas, which clickhouse-connect imports on its first
+        insert to tell DataFrames apart. The first records then cost what every record costs."""
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            pass
+        if self.erased is None:
+            self.erased = self._retry(AUDIT_TABLE, self._load_erased)
 
     def _load_erased(self) -> Erased:
         erased = Erased()
