@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streams import metrics
 from streams.clock import Clock, SystemClock
 from streams.ingest.service import IngestService
-from streams.kafka import faust_flush, faust_offsets
+from streams.kafka import faust_fetch, faust_flush, faust_offsets
 from streams.metrics import LAG_INTERVAL_S
 from streams.settings import Settings
 from streams.topics import ALL_TOPICS, TopicSpec, partition_for
@@ -200,6 +200,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> faust.App:
         )
     faust_offsets.install()  # partitions nothing was committed for restart at their beginning
     faust_flush.install()  # offsets are committed only once every table write is on the broker
+    faust_fetch.install(settings.kafka_fetch_wait_ms)  # Faust's own 1.5 s fetch wait, per hop
     worker_dir = settings.data_path / "faust" / f"worker-{settings.worker_id}"
     worker_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(

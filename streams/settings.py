@@ -31,6 +31,11 @@ class SettingsError(ValueError):
 class Settings:
     # Kafka
     kafka_bootstrap: str = ""  # empty: use the embedded broker
+    # How long a consumer's fetch may wait at the broker for records (every consumer: Faust's and
+    # the librdkafka ones). The embedded broker answers a waiting fetch only when this runs out,
+    # records or not, so each hop of the pipeline waits half of it on average; real Kafka answers
+    # as soon as records arrive, and a longer wait there only saves idle fetches.
+    kafka_fetch_wait_ms: int = 20
     topic_prefix: str = "touchline"
     partitions: int = 4
     replication_factor: int = 1
@@ -213,6 +218,8 @@ class Settings:
             raise SettingsError(f"{ENV_PREFIX}PURCHASE_MODEL_CHECK_S must be >= 0, not {self.purchase_model_check_s}")
         if self.partitions < 1:
             raise SettingsError(f"{ENV_PREFIX}PARTITIONS must be at least 1")
+        if self.kafka_fetch_wait_ms < 0:
+            raise SettingsError(f"{ENV_PREFIX}KAFKA_FETCH_WAIT_MS must be >= 0, not {self.kafka_fetch_wait_ms}")
         url = self.clickhouse_dsn
         if not url.startswith(("chdb://", "http://", "https://")):
             raise SettingsError(

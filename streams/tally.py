@@ -76,6 +76,7 @@ class TopicReader:
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": f"touchline-tally-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
         })
         self.consumer.assign([
             TopicPartition(spec.name(settings), p, OFFSET_BEGINNING)

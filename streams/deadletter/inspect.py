@@ -320,6 +320,7 @@ def read_to_end(settings: Settings, topic: str, since_ms: int | None = None,
         "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": f"{settings.group('dlq-reader')}-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "enable.auto.offset.store": False,
+        "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
     })
     try:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)

@@ -33,6 +33,7 @@ def consumer(settings: Settings, group: str, **extra: Any) -> Consumer:
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
         **_GROUP_TIMEOUTS,
         **extra,
     }

@@ -69,6 +69,7 @@ class ReferenceReader:
             "group.id": f"{self.settings.group('reference-reader')}-{uuid.uuid4().hex[:8]}",  # never joined
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": self.settings.kafka_fetch_wait_ms,
         })
         try:
             consumer.assign(self._tps)
