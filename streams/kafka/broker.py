@@ -8,14 +8,45 @@ escalates to SIGKILL after a short grace period (nothing to flush in memory).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave this process (not handed out twice)
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
+    """A loopback port free now, for a process about to listen on it (broker, sink, worker web).
+
+    Picked below the kernel's ephemeral range: a port from ``bind(0)`` is an ephemeral one, the
+    kind every outgoing connection takes, and one did take such a port in the seconds between
+    picking it and the sink binding it (``Address already in use``, the sink dead at start).
+    """
+    low = _ephemeral_low()
+    if low > 12_000:
+        rnd = random.Random()
+        for _ in range(200):
+            port = rnd.randrange(10_000, low)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
