@@ -29,7 +29,7 @@ from streams.triggers.delivery import (
 )
 from streams.triggers.engine import Context, State, empty, merge_states, recipient_of, step
 from streams.triggers.vocabulary import as_of, calendar_now
-from tests.conftest import T0  # 2026-11-01T00:00:00+08:00
+from tests.conftest import T0, touchpoint  # T0: 2026-11-01T00:00:00+08:00
 
 MIN, HOUR = 60_000, 3_600_000
 NOON = T0 + 12 * HOUR  # Shanghai noon: outside quiet hours
@@ -305,7 +305,7 @@ def test_a_store_opening_in_the_persons_city_reaches_them_at_the_next_clock_adva
     [handed] = advance(opens + 9 * HOUR)  # decided again when quiet hours end; the condition still holds
     assert (handed["rule"], handed["outcome"], handed["channel"], handed["payload"], handed["due_at_ms"]) == (
         "online_to_offline", "fire", "store_guide", {"store_id": "S-LS-1", "city": "Lhasa"}, opens + 8 * HOUR)
-    assert entry["features"]["city_store"] is None  # the kept snapshot is unchanged
+    assert entry["features"].get("city_store") is None  # the kept snapshot is unchanged (a null is not kept)
 
 
 def test_browse_without_buying_is_timed_by_the_campaign_calendar() -> None:
@@ -559,3 +559,37 @@ def test_state_bytes_of_a_usual_person() -> None:
     # streams/triggers/README.md quotes this (pytest -s): 805 bytes when written
     print(f"state bytes: {engine.state_bytes(state):,}, one cart decided and one pending with three items")
     assert len(state["fired"]) == 1 and len(state["waits"]) == 1 and engine.state_bytes(state) < 1_000
+
+
+def test_an_entry_keeps_of_a_snapshot_what_the_definitions_read_and_reads_the_same() -> None:
+    """person.kept_keys: of a real features snapshot (a member seen on the web, in a store and on
+    WeChat, with orders) an entry keeps what the built-in definitions read -- only the channel
+    they read of ``channels``, only the field of ``first_touch`` -- and every features path of
+    every built-in expression reads the same from the kept part as from the whole snapshot, as
+    does the recipient; the kept part is a fraction of the snapshot."""
+    from streams.features import member, profile
+    from streams.triggers import expr
+
+    def ev(eid: str, kind: str, t: int, channel: str, **props: Any) -> dict[str, Any]:
+        tp = touchpoint(eid, kind, t, channel, identifiers={"member_id": "M1"}, properties=props)
+        return {"person_id": "p-1", "member_id": "M1", "processed_at_ms": t, "touchpoint": tp}
+
+    entry = member.empty("p-1", 0)
+    for e in (ev("a", "page_viewed", T0, "web"), ev("b", "product_viewed", T0 + HOUR, "web", category="men/shoes"),
+              ev("c", "order_completed", T0 + 2 * HOUR, "store_pos", order_id="o1", revenue=300.0),
+              ev("d", "page_viewed", T0 + 3 * HOUR, "wechat_oa")):
+        profile.apply(entry["profile"], e)
+    full = member.record(entry, T0 + DAY_MS)
+    assert full is not None
+    kept = person.kept_keys(DEFS.values())
+    assert kept["channels"] == {"store_pos"} and kept["first_touch"] == {"channel"}
+    cut = person.empty("p-1", 0)
+    person.keep_features(cut, full, kept)
+    whole = person.empty("p-1", 0)
+    person.keep_features(whole, full)
+    paths = [p for d in DEFS.values() for e in d.expressions() for p in e.paths() if p.names[0] == "features"]
+    assert paths
+    for path in paths:
+        assert expr.evaluate(path, {"features": cut["features"]}) == expr.evaluate(path, {"features": whole["features"]})
+    assert recipient_of(cut["features"]) == recipient_of(whole["features"])
+    assert len(json.dumps(cut["features"])) < len(json.dumps(full)) / 3

@@ -50,6 +50,7 @@ from streams.triggers.vocabulary import calendar_now
 
 def register(p: Pipeline) -> None:
     definitions = p.settings.trigger_definitions()  # DefinitionError: the worker does not start
+    kept = person.kept_keys(definitions.values())  # what entries keep of each features snapshot
     table = p.table("trigger-pending", persons="triggers")  # keyed by person id: person.Entry
     clocks = p.table("trigger-clocks", partition_of=int)
     policy = delivery.Policy()
@@ -108,7 +109,7 @@ def register(p: Pipeline) -> None:
             entries = PersonEntries(table, part, n, person.empty)
             decisions: list[dict[str, Any]] = []
             step = stepper(stream_time, decisions)
-            snapshots = _apply(batch, entries, policy, step)
+            snapshots = _apply(batch, entries, policy, step, kept)
             gone = entries.gone
             for snapshot_entry, snapshot in snapshots:
                 step(snapshot_entry, snapshot)
@@ -137,7 +138,7 @@ def register(p: Pipeline) -> None:
 
 def _apply(
     batch: dict[str, Any], entries: PersonEntries, policy: delivery.Policy,
-    step: Callable[[person.Entry, engine.Input], None],
+    step: Callable[[person.Entry, engine.Input], None], kept: person.Kept = person.EVERYTHING,
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Apply one batch's ops to ``entries``: features, events (``step``), merges and handed-over states
     (persons merged away and their trigger_state ops end in ``entries.gone`` and ``entries.moves``).
@@ -150,7 +151,7 @@ def _apply(
             entry = entries.entry_of(op["person_id"])
             if claims.new(op["person_id"], entry):
                 snapshot = json.loads(op["features"])
-                person.keep_features(entry, snapshot)
+                person.keep_features(entry, snapshot, kept)
                 snapshots.append((entry, snapshot))
     for op in batch["ops"]:
         who = op["person_id"]

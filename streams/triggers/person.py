@@ -4,8 +4,8 @@ An entry wraps the engine's per-person state (``streams/triggers/engine.py``)
 with what the stage needs around it:
 
 - ``engine``: the engine state (waits, deferred decisions, decided keys, delivery counters);
-- ``features``: the person's latest features snapshot, cut to what conditions
-  and delivery read (``FEATURE_KEYS``): the features agent carries each snapshot
+- ``features``: the person's latest features snapshot, cut to what the loaded
+  definitions and delivery read (``kept_keys``): the features agent carries each snapshot
   it publishes on ``internal.featured`` as a ``features`` op of the batch it was
   taken after, so the entry holds exactly the last published one;
 - ``handles``: the WeChat openids seen on the person's own events, per channel
@@ -36,12 +36,15 @@ from streams.features.profile import city_store
 from streams.touchpoint.record import props
 from streams.triggers import delivery, engine
 from streams.triggers.engine import Context
-from streams.triggers.vocabulary import FEATURES
+from streams.triggers.vocabulary import AS_OF_NOW, FEATURES
 
 Entry = dict[str, Any]
-# What the entry keeps of a snapshot: the features conditions may read, and the recipient's facts.
-FEATURE_KEYS = frozenset(FEATURES) | {"person_id", "member_id", "consent", "reachable", "preferred_channel",
-                                      "home_store"}
+# What the entry keeps of a snapshot whatever the definitions read: the recipient's facts, and the
+# city and home store its city store is judged from again at each step (``context``).
+RECIPIENT_KEYS = frozenset({"person_id", "member_id", "consent", "reachable", "preferred_channel", "home_store",
+                            "city"})
+# Every feature a condition may read, and the recipient's facts (``kept_keys`` narrows it).
+FEATURE_KEYS = frozenset(FEATURES) | RECIPIENT_KEYS
 PUBLISHED = (delivery.FIRE, delivery.HOLDOUT, delivery.SUPPRESSED)  # final decisions go on triggers.fired
 BOUGHT_KEPT = 50
 # recommend(category, bought products) -> product ids, as the triggers agent wires it (recommend.py)
@@ -53,11 +56,49 @@ def empty(person_id: str, partition: int) -> Entry:
             "absorbed": [], "partition": partition}
 
 
-def keep_features(entry: Entry, snapshot: Mapping[str, Any]) -> None:
-    kept = {k: v for k, v in snapshot.items() if k in FEATURE_KEYS}
-    if kept.get("interest_category") is None:
-        kept["interest_category"] = interest_category(snapshot)
-    entry["features"] = kept
+Kept = Mapping[str, "frozenset[str] | None"]  # feature -> the keys kept of its map (None: all of it)
+EVERYTHING: Kept = dict.fromkeys(FEATURE_KEYS)
+
+
+def kept_keys(definitions: Iterable[Any]) -> Kept:
+    """What entries keep of a snapshot for these definitions (definitions.Definition): each
+    feature their expressions read, only the keys they read of a map feature (``features.
+    channels.store_pos`` keeps that channel of ``channels``), the times features read as of now
+    count from (AS_OF_NOW), and the recipient's facts. Most of a snapshot (windows, channels,
+    touches, interest distributions) is read by no built-in rule: kept whole it was most of a
+    person's trigger state. A definition added later reads from each person's next snapshot on."""
+    subkeys: dict[str, set[str] | None] = {}
+    for d in definitions:
+        for e in d.expressions():
+            for path in e.paths():
+                names = path.names
+                if names[0] != "features" or len(names) < 2 or names[1] not in FEATURE_KEYS:
+                    continue
+                have = subkeys.setdefault(names[1], set())
+                if len(names) == 2 or have is None:
+                    subkeys[names[1]] = None  # read whole
+                else:
+                    have.add(names[2])
+    for name in [n for n in subkeys if n in AS_OF_NOW]:
+        subkeys[AS_OF_NOW[name]] = None
+    out: dict[str, frozenset[str] | None] = {k: None if v is None else frozenset(v) for k, v in subkeys.items()}
+    return {**out, **dict.fromkeys(RECIPIENT_KEYS)}
+
+
+def keep_features(entry: Entry, snapshot: Mapping[str, Any], kept: Kept = EVERYTHING) -> None:
+    """Keep what ``kept`` names of the person's latest features snapshot in their entry, nulls
+    left out (an absent feature reads as null)."""
+    features: dict[str, Any] = {}
+    for k, v in snapshot.items():
+        if k not in kept or v is None:  # an absent feature reads as null (expr.evaluate)
+            continue
+        sub = kept[k]
+        features[k] = {s: v[s] for s in sub if s in v} if sub is not None and isinstance(v, Mapping) else v
+    if "interest_category" in kept and features.get("interest_category") is None:
+        category = interest_category(snapshot)
+        if category is not None:
+            features["interest_category"] = category
+    entry["features"] = features
 
 
 def interest_category(snapshot: Mapping[str, Any]) -> str | None:
