@@ -40,9 +40,9 @@ from streams.triggers.vocabulary import AS_OF_NOW, FEATURES
 
 Entry = dict[str, Any]
 # What the entry keeps of a snapshot whatever the definitions read: the recipient's facts, and the
-# city and home store its city store is judged from again at each step (``context``).
-RECIPIENT_KEYS = frozenset({"person_id", "member_id", "consent", "reachable", "preferred_channel", "home_store",
-                            "city"})
+# city and home store its city store is judged from again at each step (``context``). Its person
+# and member ids are the engine state's (``context`` puts them back).
+RECIPIENT_KEYS = frozenset({"consent", "reachable", "preferred_channel", "home_store", "city"})
 # Every feature a condition may read, and the recipient's facts (``kept_keys`` narrows it).
 FEATURE_KEYS = frozenset(FEATURES) | RECIPIENT_KEYS
 PUBLISHED = (delivery.FIRE, delivery.HOLDOUT, delivery.SUPPRESSED)  # final decisions go on triggers.fired
@@ -168,6 +168,9 @@ def context(entry: Entry, policy: delivery.Policy, calendar: Mapping[str, Any],
     snapshot is theirs at the next clock advance. Without a snapshot yet the person reaches no
     channel (decisions are suppressed as unreachable)."""
     features = entry["features"]
+    if features is not None:
+        state = entry["engine"]  # its member id: the latest snapshot's (engine.step), else an event's
+        features = {**features, "person_id": state["person_id"], "member_id": state["member_id"]}
     if features is not None and store_of is not None:
         store, opened = store_of(features.get("city"), features.get("home_store"))
         features = {**features, "city_store": store, "city_store_opened_ms": opened}
